@@ -1,0 +1,25 @@
+"""TokLIP as a plugin for LLaVA, LlamaGen, lmms-eval and open_clip users.
+
+    import toklip_plugin as tp
+    model = tp.load_toklip("toklip-l", checkpoint="released")
+    codes = model.tokenize(images)            # LlamaGen VQ-16 codes [B, N]
+    tokens = model.encode_codes(codes)        # causal semantic tokens [B, N, d]
+"""
+from .config import TokLIPConfig, list_models
+from .factory import create_model, get_tokenizer, get_transform, load_toklip, resolve_config
+from .models.toklip import TokLIP
+from .transforms import image_transform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TokLIP",
+    "TokLIPConfig",
+    "list_models",
+    "load_toklip",
+    "create_model",
+    "resolve_config",
+    "get_tokenizer",
+    "get_transform",
+    "image_transform",
+]

@@ -1,0 +1,88 @@
+"""Names, files and configs -> models, transforms and tokenizers (open_clip's factory, for TokLIP)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from . import checkpoints as ckpt
+from .config import TokLIPConfig, get_model_config, list_models, load_config_file
+from .models.text import build_tokenizer
+from .models.toklip import TokLIP
+from .transforms import image_transform
+
+__all__ = ["list_models", "resolve_config", "create_model", "load_toklip", "get_tokenizer", "get_transform"]
+
+ModelSource = Union[str, Path, TokLIPConfig]
+RELEASED = "released"  # checkpoint= value meaning: the released weights named in the config
+
+
+def resolve_config(source: ModelSource) -> TokLIPConfig:
+    """A config from a name, a saved TokLIP directory, a JSON/YAML file, or a config object."""
+    if isinstance(source, TokLIPConfig):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        return ckpt.read_pretrained_config(path)
+    if path.suffix in (".json", ".yaml", ".yml") and path.is_file():
+        return load_config_file(path)
+    if str(source) in list_models():
+        return get_model_config(str(source))
+    raise ValueError(f"{source!r} is neither a known TokLIP name ({', '.join(list_models())}), "
+                     "a saved TokLIP directory, nor a .json/.yaml config file")
+
+
+def create_model(config: TokLIPConfig, seed: Optional[int] = None) -> TokLIP:
+    """A randomly initialised TokLIP (``seed`` makes the initialisation reproducible)."""
+    if seed is None:
+        return TokLIP(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TokLIP(config)
+
+
+def load_toklip(
+    source: ModelSource = "toklip-tiny",
+    checkpoint: Union[str, Path, None] = None,
+    vq_checkpoint: Union[str, Path, None] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TokLIP:
+    """Build a TokLIP in eval mode.
+
+    ``source``: a name from :func:`list_models`, a directory written by ``save_pretrained``
+    (its weights are loaded), a config file or a config object.
+    ``checkpoint``: a released-layout ``.pt``, one of our directories / ``.safetensors``,
+    or ``"released"`` for the weights named in the config (``$TOKLIP_HOME``, then the Hub).
+    ``vq_checkpoint``: a LlamaGen VQ checkpoint for the VQ part, or ``"released"``.
+    Without either the weights are random, as in ``open_clip.create_model`` without ``pretrained``.
+    """
+    config = resolve_config(source)
+    model = create_model(config)
+    if not isinstance(source, TokLIPConfig) and Path(source).is_dir():
+        ckpt.load_pretrained_dir(model, source)
+    if checkpoint is not None:
+        ckpt.load_any_checkpoint(model, _weight_path(config, checkpoint, "checkpoint"))
+    if vq_checkpoint is not None:
+        ckpt.load_vq_checkpoint(model.vq, _weight_path(config, vq_checkpoint, "vq_checkpoint"))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _weight_path(config: TokLIPConfig, value: Union[str, Path], kind: str) -> Path:
+    if str(value) != RELEASED:
+        return ckpt.resolve_weight_file(value)
+    if kind not in config.weights:
+        raise ValueError(f"config {config.name!r} names no released {kind}; pass a file path instead")
+    return ckpt.resolve_weight_file(config.weights[kind])
+
+
+def get_tokenizer(source: ModelSource, tokenizer_path: Optional[str] = None) -> Callable:
+    """The text tokenizer matching a config: ``tokenizer(list_of_str) -> LongTensor [B, L]``."""
+    config = resolve_config(source)
+    return build_tokenizer(config.tokenizer, config.text["context_length"], tokenizer_path)
+
+
+def get_transform(source: ModelSource):
+    """The image transform (PIL -> ``[3, S, S]`` in [-1, 1]) matching a config."""
+    return image_transform(resolve_config(source).image_size)

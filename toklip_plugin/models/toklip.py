@@ -1,0 +1,121 @@
+"""The TokLIP model: frozen VQ tokenizer + trainable token encoder + frozen text tower.
+
+``tokenize`` (pixels -> VQ codes), ``encode_codes`` (codes -> causal semantic tokens),
+``encode_image`` / ``encode_text`` (pooled CLIP embeddings), ``decode_codes`` (codes ->
+pixels through the untouched VQ decoder). Checkpoint I/O lives in ``checkpoints.py``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import TokLIPConfig
+from ..transforms import check_image_batch
+from .text import build_text_tower
+from .token_encoder import TokenEncoder
+from .vq import VQModel
+
+__all__ = ["TokLIP"]
+
+
+class TokLIP(nn.Module):
+    def __init__(self, config: TokLIPConfig):
+        super().__init__()
+        self.config = config
+        self.vq = VQModel(config.vq)
+        self.encoder = TokenEncoder(
+            config.encoder, config.num_tokens, config.vq.codebook_embed_dim, config.vq.codebook_size
+        )
+        self.text = build_text_tower(config.text, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.vq.requires_grad_(False)
+
+    # sizes -----------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.config.grid_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config.num_tokens
+
+    @property
+    def width(self) -> int:
+        return self.config.encoder.width
+
+    # image side ------------------------------------------------------------------------
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` in [-1, 1] -> VQ codes ``[B, N]`` (raster order), LlamaGen VQ's codes."""
+        check_image_batch(images, self.image_size)
+        return self.vq.tokenize(images.to(self.vq.quant_conv.weight.dtype))
+
+    def encode_codes(
+        self, codes: torch.Tensor, layer: Optional[int] = None, attn_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Codes ``[B, n]`` -> semantic tokens ``[B, n, d]``.
+
+        ``layer=None`` gives the final (LayerNorm-ed) tokens. An int indexes the hidden states
+        ``[embeddings, block 1, ..., block depth]`` like Hugging Face's ``hidden_states`` (so -2
+        is the output of the second-to-last block), without the final norm.
+        """
+        self._check_codes(codes)
+        codebook = self.vq.quantize.codebook()
+        if layer is None:
+            return self.encoder.forward_features(codes, codebook, attn_mask)
+        return self.encoder.forward_blocks(self.encoder.embed_codes(codes, codebook), attn_mask)[layer]
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Images -> pooled image embedding ``[B, E]``."""
+        return self.pool_tokens(self.encode_codes(self.tokenize(images)), normalize)
+
+    def pool_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        pooled = self.encoder.forward_head(tokens)
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, N]`` -> images ``[B, 3, S, S]`` in about [-1, 1], through the VQ decoder."""
+        self._check_codes(codes, full_grid=True)
+        g = self.grid_size
+        shape = (codes.shape[0], self.config.vq.codebook_embed_dim, g, g)
+        return self.vq.decode_code(codes.reshape(-1), shape)
+
+    # text side -------------------------------------------------------------------------
+    def encode_text(self, text_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Token ids ``[B, L]`` (from this config's tokenizer) -> text embedding ``[B, E]``."""
+        features = self.text(text_ids)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """SigLIP logits ``exp(logit_scale) * img_n @ txt_n.T + logit_bias``."""
+        img = F.normalize(image_emb, dim=-1)
+        txt = F.normalize(text_emb, dim=-1)
+        return self.logit_scale.exp() * img @ txt.t() + self.logit_bias
+
+    def forward(self, images: torch.Tensor, text_ids: torch.Tensor):
+        return self.encode_image(images, normalize=True), self.encode_text(text_ids, normalize=True)
+
+    # checks ----------------------------------------------------------------------------
+    def _check_codes(self, codes: torch.Tensor, full_grid: bool = False) -> None:
+        if codes.ndim != 2 or codes.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"expected integer codes [B, n], got {codes.dtype} {tuple(codes.shape)}")
+        n = codes.shape[1]
+        if n > self.num_tokens or (full_grid and n != self.num_tokens):
+            want = f"exactly {self.num_tokens}" if full_grid else f"at most {self.num_tokens}"
+            raise ValueError(f"{self.config.name} takes {want} codes per image "
+                             f"({self.grid_size}x{self.grid_size} grid), got {n}")
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` + ``model.safetensors`` atomically (see ``checkpoints.save_pretrained``)."""
+        from ..checkpoints import save_pretrained
+
+        save_pretrained(self, directory)

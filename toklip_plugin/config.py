@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from .resources import data_dir
 
 __all__ = [
     "VQConfig",
@@ -23,7 +24,6 @@ __all__ = [
     "get_model_config",
     "load_config_file",
     "config_from_dict",
-    "configs_root",
 ]
 
 
@@ -134,16 +134,8 @@ def _reject_unknown(data: Mapping[str, Any], cls: type, where: str) -> None:
         raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
 
 
-def configs_root():
-    """The ``configs/`` folder: installed as ``toklip_plugin.configs``, or the checkout's own."""
-    try:
-        return resources.files("toklip_plugin.configs")
-    except ModuleNotFoundError:  # imported from a source checkout without installing
-        return Path(__file__).resolve().parent.parent / "configs"
-
-
 def _model_config_dir():
-    return configs_root() / "models"
+    return data_dir("configs") / "models"
 
 
 def list_models() -> list[str]:

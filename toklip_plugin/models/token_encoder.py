@@ -70,11 +70,13 @@ class TokenEncoder(nn.Module):
 
         ``codebook`` is the VQ model's l2-normalised code table ``[K, C]``.
         """
+        return self.map_codes(codes, codebook) + self.pos_embed[:, : codes.shape[1]]
+
+    def map_codes(self, codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """The code mapping alone, without position embedding (incremental decoding adds its own)."""
         if self.config.mapping == "mlp":
-            x = self.code_mlp(nn.functional.embedding(codes, codebook).to(self.pos_embed.dtype))
-        else:
-            x = self.code_embed(codes)
-        return x + self.pos_embed[:, : codes.shape[1]]
+            return self.code_mlp(nn.functional.embedding(codes, codebook).to(self.pos_embed.dtype))
+        return self.code_embed(codes)
 
     def forward_blocks(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
         """Run the blocks; returns the hidden states ``[input, block 1 out, ..., block depth out]``.

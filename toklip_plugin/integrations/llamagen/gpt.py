@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-__all__ = ["ModelArgs", "Transformer", "GPT_SIZES", "build_gpt", "precompute_freqs_cis_2d"]
+__all__ = ["ModelArgs", "Transformer", "GPT_SIZES", "model_args", "build_gpt", "precompute_freqs_cis_2d"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -361,11 +361,14 @@ GPT_SIZES = {
 
 
 def model_args(size: str, **kwargs) -> ModelArgs:
-    """``ModelArgs`` of a LlamaGen size name (``GPT-B``, ...) with the factory kwargs applied."""
+    """``ModelArgs`` of a LlamaGen size name (``GPT-B``, ...) with the factory kwargs applied.
+
+    Unlike upstream, kwargs may also override the size itself (tests build tiny GPTs this way).
+    """
     if size not in GPT_SIZES:
         raise KeyError(f"unknown LlamaGen GPT size {size!r}; known: {', '.join(GPT_SIZES)}")
     n_layer, n_head, dim = GPT_SIZES[size]
-    return ModelArgs(n_layer=n_layer, n_head=n_head, dim=dim, **kwargs)
+    return ModelArgs(**{"n_layer": n_layer, "n_head": n_head, "dim": dim, **kwargs})
 
 
 def build_gpt(size: str, **kwargs) -> Transformer:

@@ -1,0 +1,138 @@
+"""``toklip_llava``: lmms-eval's ``lmms`` API over a LLaVA model with a TokLIP vision tower.
+
+Requests are answered one at a time (LLaVA pads on the right, which breaks batched greedy
+decoding), in request order. Unlike lmms-eval's built-in ``llava``, this model:
+
+- loads through the plugin's ``load_llava_model`` (the TokLIP tower, Qwen2 LLMs, a dtype that
+  works on the device: float32 on CPU, float16 on CUDA) and picks the prompt template from the
+  LLM (``qwen_2`` or ``vicuna_v1``) unless ``conv_template`` is given;
+- stops generation at the task's ``until`` strings;
+- returns a real log-likelihood (the sum of the continuation tokens' log-probabilities) from
+  ``loglikelihood``, so multiple-choice tasks rank answers the right way round.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from tqdm import tqdm
+
+__all__ = ["TokLIPLlava"]
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TokLIPLlava(lmms):
+    """``--model toklip_llava --model_args pretrained=DIR[,device=cuda:0][,dtype=bfloat16][,conv_template=qwen_2]``."""
+
+    def __init__(self, pretrained: str, device: Optional[str] = None, dtype: Optional[str] = None,
+                 conv_template: Optional[str] = None, model_base: Optional[str] = None,
+                 batch_size: int | str = 1, **unused) -> None:
+        super().__init__()
+        from ..llava import conversation_mode, load_llava_model
+
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        if unused:
+            logger.warning("toklip_llava ignores model_args %s", sorted(unused))
+        if int(batch_size) != 1:
+            logger.warning("toklip_llava answers one request at a time; batch_size=%s is ignored", batch_size)
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer, self.model, self.image_processor, _ = load_llava_model(
+            pretrained, self._device, DTYPES.get(dtype), model_base)
+        self.conv_template = conv_template or conversation_mode(self.model)
+        self.batch_size_per_gpu = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    # prompts and images --------------------------------------------------------------------
+    def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
+        return [v for v in (visuals or []) if v is not None]
+
+    def _prompt_ids(self, context: str, visuals: list) -> torch.Tensor:
+        """The chat prompt (image tokens first, as LLaVA is trained) as input ids ``[1, L]``."""
+        from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+        from llava.conversation import conv_templates
+        from llava.mm_utils import tokenizer_image_token
+
+        if visuals and DEFAULT_IMAGE_TOKEN not in context:
+            context = "\n".join([DEFAULT_IMAGE_TOKEN] * len(visuals) + [context])
+        conv = conv_templates[self.conv_template].copy()
+        conv.append_message(conv.roles[0], context)
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        return ids.unsqueeze(0).to(self.device)
+
+    def _image_inputs(self, visuals: list) -> dict:
+        if not visuals:
+            return {}
+        from llava.mm_utils import process_images
+
+        images = process_images(visuals, self.image_processor, self.model.config)
+        images = [i.to(self.device, self.model.dtype) for i in images] if isinstance(images, list) \
+            else images.to(self.device, self.model.dtype)
+        return {"images": images, "image_sizes": [v.size for v in visuals]}
+
+    # the lmms API ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        answers = []
+        for context, gen_kwargs, doc_to_visual, doc_id, task, split in tqdm([r.args for r in requests], desc="toklip_llava"):
+            visuals = self._visuals(doc_to_visual, task, split, doc_id)
+            answers.append(self._generate(self._prompt_ids(context, visuals), self._image_inputs(visuals), dict(gen_kwargs)))
+        return answers
+
+    def _generate(self, input_ids: torch.Tensor, image_inputs: dict, gen_kwargs: dict) -> str:
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        output = self.model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), pad_token_id=pad, **image_inputs,
+            do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+            top_p=gen_kwargs.get("top_p") if temperature > 0 else None, num_beams=int(gen_kwargs.get("num_beams", 1)),
+            max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)), use_cache=True,
+        )
+        text = self.tokenizer.decode(output[0], skip_special_tokens=True)
+        for stop in until:
+            if stop:
+                text = text.split(stop)[0]
+        return text.strip()
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        results = []
+        for context, continuation, doc_to_visual, doc_id, task, split in tqdm([r.args for r in requests], desc="toklip_llava"):
+            if not isinstance(continuation, str):  # lmms-eval passes doc_to_target itself for some tasks
+                continuation = continuation(self.task_dict[task][split][doc_id])
+            visuals = self._visuals(doc_to_visual, task, split, doc_id)
+            results.append(self._continuation_logprob(self._prompt_ids(context, visuals), continuation,
+                                                      self._image_inputs(visuals)))
+        return results
+
+    def _continuation_logprob(self, context_ids: torch.Tensor, continuation: str, image_inputs: dict) -> tuple[float, bool]:
+        """Sum of log p(continuation token | everything before it), and whether greedy decoding gives it."""
+        cont = torch.tensor([self.tokenizer.encode(continuation, add_special_tokens=False)], device=self.device)
+        if cont.numel() == 0:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+        logits = self.model(input_ids=torch.cat([context_ids, cont], dim=1), **image_inputs).logits
+        # image tokens expand inside the model, but the continuation stays the last cont.shape[1] positions
+        logprobs = logits[0, -cont.shape[1] - 1:-1].float().log_softmax(dim=-1)
+        picked = logprobs.gather(1, cont[0, :, None]).sum().item()
+        return picked, bool((logprobs.argmax(dim=-1) == cont[0]).all())
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("toklip_llava does not implement multi-round generation; "
+                                  "use tasks whose output_type is generate_until or loglikelihood")

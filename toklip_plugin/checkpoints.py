@@ -160,29 +160,24 @@ def _describe(config: TokLIPConfig) -> str:
 
 
 # the released TokLIP layout ------------------------------------------------------------
-def released_to_native(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename released TokLIP keys to ours; keys matching no known prefix are kept as they are
+def _rename_prefixes(state_dict: Mapping[str, torch.Tensor], pairs) -> dict[str, torch.Tensor]:
+    """Replace the first matching ``(old, new)`` prefix of each key; other keys stay as they are
     (so that a strict load reports them as unexpected)."""
     out = {}
     for key, value in state_dict.items():
-        for old, new in _RELEASED_PREFIXES:
-            if key.startswith(old):
-                key = new + key[len(old):]
-                break
-        out[key] = value
+        old, new = next(((o, n) for o, n in pairs if key.startswith(o)), ("", ""))
+        out[new + key[len(old):]] = value
     return out
+
+
+def released_to_native(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename released TokLIP keys to ours."""
+    return _rename_prefixes(state_dict, _RELEASED_PREFIXES)
 
 
 def native_to_released(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Our keys -> the released TokLIP layout (the export format for trained tokenizers)."""
-    out = {}
-    for key, value in state_dict.items():
-        for old, new in _RELEASED_PREFIXES:
-            if key.startswith(new):
-                key = old + key[len(new):]
-                break
-        out[key] = value
-    return out
+    return _rename_prefixes(state_dict, [(new, old) for old, new in _RELEASED_PREFIXES])
 
 
 def load_released_checkpoint(model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]) -> None:

@@ -1,0 +1,59 @@
+# Shared by pretrain.sh and finetune.sh: settings, the flags both stages pass, and the launcher.
+# Override any of these in the environment:
+#   DATA_ROOT      LLaVA's data layout (default ./playground/data, as in LLaVA's README)
+#   OUTPUT_ROOT    where checkpoints go (default ./checkpoints)
+#   NUM_GPUS       GPUs on this node (default: all that nvidia-smi lists)
+#   SELECT_FEATURE patch (TokLIP semantic tokens, default) or semantic_vq (+ VQ code embeddings)
+#   DRY_RUN=1      print the command instead of running it
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+RECIPE="${1:?usage: $0 RECIPE.sh   (e.g. $HERE/toklip-l_qwen2.5-7b.sh)}"
+source "$RECIPE"
+
+DATA_ROOT="${DATA_ROOT:-./playground/data}"
+OUTPUT_ROOT="${OUTPUT_ROOT:-./checkpoints}"
+NUM_GPUS="${NUM_GPUS:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}"
+NUM_GPUS="$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))"
+SELECT_FEATURE="${SELECT_FEATURE:-patch}"
+
+SHARED_ARGS=(
+  --model_name_or_path "$LLM"
+  --vision_tower "$VISION_TOWER"
+  --mm_projector_type mlp2x_gelu
+  --mm_vision_select_layer -1
+  --mm_vision_select_feature "$SELECT_FEATURE"
+  --mm_use_im_start_end False
+  --mm_use_im_patch_token False
+  --bf16 True
+  --tf32 True
+  --num_train_epochs 1
+  --eval_strategy no
+  --save_strategy steps
+  --save_total_limit 1
+  --weight_decay 0.
+  --warmup_ratio 0.03
+  --lr_scheduler_type cosine
+  --logging_steps 1
+  --model_max_length 2048
+  --gradient_checkpointing True
+  --dataloader_num_workers 4
+  --lazy_preprocess True
+  --report_to "${REPORT_TO:-none}"
+)
+
+# gradient accumulation that keeps the paper's global batch on any number of GPUs
+accumulation() {  # global_batch per_device_batch
+  echo $(( $1 / ($2 * NUM_GPUS) > 0 ? $1 / ($2 * NUM_GPUS) : 1 ))
+}
+
+# LLaVA's train_mem (flash-attention 2) when flash-attn is installed, else train (SDPA)
+launch() {
+  local module=llava.train.train_mem
+  python -c "import flash_attn" 2>/dev/null || module=llava.train.train
+  local cmd=(deepspeed --num_gpus "$NUM_GPUS" --module "$module" "${SHARED_ARGS[@]}" "$@")
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then
+    printf '%q ' "${cmd[@]}"; echo
+  else
+    "${cmd[@]}"
+  fi
+}

@@ -85,6 +85,10 @@ class WebDatasetImages(IterableDataset):
         from ..train.data import expand_shards
 
         self.shards = expand_shards(shards)
+        missing = [s for s in self.shards if "://" not in s and not s.startswith("pipe:") and not Path(s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"no such folder or webdataset shard: {', '.join(missing[:3])}; pass a folder "
+                                    "of class subfolders or .tar shards (globs and {000..009} lists work)")
         self.transform = transform
 
     def __iter__(self) -> Iterator:

@@ -95,10 +95,13 @@ def psnr(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004: Gaussian window 11 / sigma 1.5, K1 0.01, K2 0.03) for images in [0, 1]."""
-    x, y = images.float(), references.float()
+    """Per-image SSIM (Wang et al. 2004: Gaussian window 11 / sigma 1.5, K1 0.01, K2 0.03) for images in [0, 1].
+
+    Computed in float64: the local variances are differences of nearly equal moments.
+    """
+    x, y = images.double(), references.double()
     channels = x.shape[1]
-    coords = torch.arange(window, dtype=torch.float32) - (window - 1) / 2
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
     g = torch.exp(-coords**2 / (2 * sigma**2))
     g = g / g.sum()
     kernel = (g[:, None] * g[None, :]).expand(channels, 1, window, window).to(x.device)
@@ -112,4 +115,4 @@ def ssim(images: torch.Tensor, references: torch.Tensor, window: int = 11, sigma
     cov = blur(x * y) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return index.flatten(1).mean(dim=1)
+    return index.flatten(1).mean(dim=1).float()

@@ -1,0 +1,138 @@
+"""lmms-eval (the real package) with ``toklip_llava``: entry-point discovery, the lmms API, a CLI run.
+
+The LLaVA checkpoint is built the way LLaVA's ``train.py`` builds one before training (a tiny
+random Llama LLM from ``llava_fixtures``, ``initialize_vision_modules`` with ``--vision_tower
+toklip-tiny``, the config fields ``train.py`` sets) and saved without its tower weights, as
+LLaVA saves a model whose tower is frozen.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from llava_fixtures import build_tiny_llm, patch_installed_llava
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = REPO / "eval" / "lmms_tasks"
+TASK = "toklip_pope_mini"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    patch_installed_llava()
+    from llava.model import LlavaLlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("lmms")
+    llm = build_tiny_llm("llama", root / "tiny-llama")
+    model = LlavaLlamaForCausalLM.from_pretrained(llm)
+    model.get_model().initialize_vision_modules(SimpleNamespace(
+        vision_tower="toklip-tiny", mm_vision_select_layer=-1, mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None, mm_projector_type="mlp2x_gelu", mm_patch_merge_type="flat"))
+    model.config.update(dict(image_aspect_ratio="pad", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+                             tokenizer_padding_side="right"))
+    out = root / "llava-toklip-tiny"
+    model.save_pretrained(out, state_dict={k: v for k, v in model.state_dict().items() if "vision_tower" not in k})
+    AutoTokenizer.from_pretrained(llm, use_fast=False).save_pretrained(out)
+    return out
+
+
+def docs() -> list[dict]:
+    return [json.loads(line) for line in (TASKS / TASK / "test.jsonl").read_text().splitlines()]
+
+
+def test_lmms_eval_finds_toklip_llava_through_its_entry_point():
+    assert "toklip_llava" in {ep.name for ep in entry_points(group="lmms_eval.models")}
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    assert MODEL_REGISTRY_V2.get_model_class("toklip_llava") is TokLIPLlava
+
+
+@pytest.fixture(scope="module")
+def lmm(checkpoint):
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    model = TokLIPLlava(pretrained=str(checkpoint), device="cpu", batch_size="1")
+    spec = importlib.util.spec_from_file_location("toklip_pope_mini_utils", TASKS / TASK / "utils.py")
+    task_utils = importlib.util.module_from_spec(spec)  # the task's own hooks, as lmms-eval loads them
+    spec.loader.exec_module(task_utils)
+    model.task_dict = {TASK: {"test": docs()}}
+    return model, task_utils
+
+
+def request(kind: str, args: tuple, doc_id: int):
+    from lmms_eval.api.instance import Instance
+
+    return Instance(kind, args, idx=0, metadata={"task": TASK, "doc_id": doc_id, "repeats": 1})
+
+
+def test_generate_until_answers_in_request_order_and_stops_at_until(lmm):
+    model, task = lmm
+    kwargs = {"max_new_tokens": 6, "temperature": 0, "do_sample": False, "until": ["\n"]}
+    reqs = [request("generate_until", ("Is there a red circle?", dict(kwargs), task.doc_to_visual, i, TASK, "test"), i)
+            for i in (2, 0, 1)]
+    answers = model.generate_until(reqs)
+    assert len(answers) == 3 and all(isinstance(a, str) and "\n" not in a for a in answers)
+    # one at a time gives the same answers: the order is the requests'
+    assert [model.generate_until([r])[0] for r in reqs] == answers
+
+
+def test_loglikelihood_is_the_sum_of_the_continuation_token_log_probabilities(lmm):
+    model, task = lmm
+    context, continuation = "Is there a red circle in the image?", " yes it is"
+    (logprob, greedy), = model.loglikelihood(
+        [request("loglikelihood", (context, continuation, task.doc_to_visual, 0, TASK, "test"), 0)])
+    # independently: one forward pass per continuation token, reading the last position's logits
+    visuals = task.doc_to_visual(docs()[0])
+    ids = model._prompt_ids(context, visuals)
+    images = model._image_inputs(visuals)
+    expected, all_greedy = 0.0, True
+    with torch.no_grad():
+        for token in model.tokenizer.encode(continuation, add_special_tokens=False):
+            last = model.model(input_ids=ids, **images).logits[0, -1].float().log_softmax(-1)
+            expected += last[token].item()
+            all_greedy &= int(last.argmax()) == token
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    assert logprob == pytest.approx(expected, abs=1e-4)
+    assert logprob < 0 and greedy == all_greedy
+
+
+def test_multi_round_generation_is_refused_with_a_reason(lmm):
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        lmm[0].generate_until_multi_round([])
+
+
+def yes_or_no(text: str) -> str:
+    words = text.lower().replace(".", " ").replace(",", " ").split()
+    return "no" if "no" in words or "not" in words else "yes"
+
+
+def test_lmms_eval_command_runs_the_offline_task_and_writes_results(checkpoint, tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [str(Path(sys.executable).with_name("lmms-eval")), "eval", "--model", "toklip_llava",
+           "--model_args", f"pretrained={checkpoint},device=cpu", "--tasks", TASK, "--include_path", str(TASKS),
+           "--batch_size", "1", "--limit", "4", "--output_path", str(out), "--log_samples"]
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    results_file, = out.rglob("*_results.json")
+    results = json.loads(results_file.read_text())
+    assert results["config"]["model"] == "toklip_llava" and results["n-samples"][TASK]["effective"] == 4
+    samples = [json.loads(line) for f in out.rglob(f"*samples_{TASK}.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(s["doc_id"] for s in samples) == [0, 1, 2, 3]
+    answers = {d["question_id"]: d["answer"] for d in docs()}
+    replies = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"] for s in samples]
+    expected = sum(yes_or_no(r) == answers[s["doc_id"]] for r, s in zip(replies, samples)) / 4
+    assert results["results"][TASK]["accuracy,none"] == pytest.approx(expected)

@@ -1,7 +1,8 @@
 """``toklip_llava``: lmms-eval's ``lmms`` API over a LLaVA model with a TokLIP vision tower.
 
 Requests are answered one at a time (LLaVA pads on the right, which breaks batched greedy
-decoding), in request order. Unlike lmms-eval's built-in ``llava``, this model:
+decoding), in request order; under ``accelerate launch`` each process takes one GPU and its
+share of the requests. Unlike lmms-eval's built-in ``llava``, this model:
 
 - loads through the plugin's ``load_llava_model`` (the TokLIP tower, Qwen2 LLMs, a dtype that
   works on the device: float32 on CPU, float16 on CUDA) and picks the prompt template from the
@@ -43,10 +44,21 @@ class TokLIPLlava(lmms):
         if int(batch_size) != 1:
             logger.warning("toklip_llava answers one request at a time; batch_size=%s is ignored", batch_size)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._join_accelerate_processes()
         self.tokenizer, self.model, self.image_processor, _ = load_llava_model(
             pretrained, self._device, DTYPES.get(dtype), model_base)
         self.conv_template = conv_template or conversation_mode(self.model)
         self.batch_size_per_gpu = 1
+
+    def _join_accelerate_processes(self) -> None:
+        """Under ``accelerate launch`` with several processes: one GPU per process, rank and world size for the evaluator."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            self.accelerator = accelerator
+            self._device = torch.device(f"cuda:{accelerator.local_process_index}")
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
 
     @property
     def device(self) -> torch.device:

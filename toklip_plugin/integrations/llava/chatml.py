@@ -15,7 +15,8 @@ LLaVA's ``train.preprocess`` call a template's ``preprocess`` when it has one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 from llava import conversation as conversation_lib
@@ -28,23 +29,25 @@ __all__ = ["ChatMLConversation", "conv_qwen_2", "register_templates", "TEMPLATE_
 TEMPLATE_NAMES = ("qwen_2", "qwen_1_5")  # LLaVA-NeXT's names for the same template
 
 
+def _encode(text: str, tokenizer, has_image: bool) -> list[int]:
+    """Token ids of a prompt segment; ``<image>`` becomes LLaVA's image placeholder when there is an image."""
+    if has_image:
+        return tokenizer_image_token(text, tokenizer)
+    return tokenizer(text, add_special_tokens=False).input_ids
+
+
 @dataclasses.dataclass
 class ChatMLConversation(Conversation):
     """A ``Conversation`` rendered as ChatML that builds its own training labels."""
 
     def preprocess(self, sources: Sequence[list[dict]], tokenizer, has_image: bool = False) -> dict:
         """LLaVA-format conversations -> ``dict(input_ids=[...], labels=[...])``, one tensor each."""
-        if has_image:
-            def encode(text: str) -> list[int]:
-                return tokenizer_image_token(text, tokenizer)
-        else:
-            def encode(text: str) -> list[int]:
-                return tokenizer(text, add_special_tokens=False).input_ids
-        pairs = [self._ids_and_labels(source, encode) for source in sources]
+        pairs = [self._ids_and_labels(source, partial(_encode, tokenizer=tokenizer, has_image=has_image))
+                 for source in sources]
         return dict(input_ids=[torch.tensor(ids) for ids, _ in pairs],
                     labels=[torch.tensor(labels) for _, labels in pairs])
 
-    def _ids_and_labels(self, source: list[dict], encode) -> tuple[list[int], list[int]]:
+    def _ids_and_labels(self, source: list[dict], encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
         roles = {"human": self.roles[0], "gpt": self.roles[1]}
         if roles[source[0]["from"]] != self.roles[0]:
             source = source[1:]  # LLaVA's convention: drop a leading assistant turn

@@ -141,6 +141,11 @@ def test_unknown_toklip_name_lists_the_known_ones():
         assert name in str(err.value)
 
 
+def test_weight_file_without_a_config_name_says_how_to_name_it(tmp_path):
+    with pytest.raises(ValueError, match="toklip-l:"):
+        TokLIPVisionTower(f"toklip:{tmp_path / 'TokLIP_L_384.pt'}", tower_args(), delay_load=True)
+
+
 def test_unsupported_select_feature_names_the_choices():
     with pytest.raises(ValueError, match="cls_patch.*patch, semantic_vq"):
         TokLIPVisionTower("toklip-tiny", tower_args(mm_vision_select_feature="cls_patch"), delay_load=True)

@@ -70,6 +70,9 @@ def parse_tower_name(name: str) -> tuple[TokLIPConfig, Optional[str]]:
     usage = (f"known names: {known}; or NAME:/path/to/weights.pt (.safetensors), "
              f"or {PREFIX}:/path/to/saved_toklip_dir")
     if base == PREFIX and sep:
+        if Path(path).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+            raise ValueError(f"{name!r}: a weight file does not say which config it fits; "
+                             f"name the config, e.g. toklip-l:{path}")
         return resolve_config(path), path if Path(path).is_dir() else None
     if base not in list_models():
         raise ValueError(f"unknown TokLIP vision tower {name!r}; {usage}")

@@ -1,0 +1,42 @@
+"""``toklip-train``: train a TokLIP tokenizer from a train config.
+
+    toklip-train --config toklip-s-256 data.train='/data/laion/{00000..01023}.tar' run.output_dir=runs/s256
+    torchrun --nproc_per_node 8 -m toklip_plugin.train.cli --config toklip-l-384 [key=value ...]
+
+A run resumes from the newest checkpoint in its ``run.output_dir`` when there is one.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from .config import list_train_configs, load_train_config
+from .loop import Trainer
+
+__all__ = ["main"]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="toklip-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True,
+                        help=f"a train-config YAML file or a named one ({', '.join(list_train_configs())})")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides with YAML values, e.g. optim.lr=1e-4 run.precision=fp32")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    config = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    Trainer(config).fit()
+
+
+if __name__ == "__main__":
+    main()

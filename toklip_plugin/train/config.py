@@ -1,0 +1,214 @@
+"""Training configs: the one place where a ``configs/train/*.yaml`` file is parsed.
+
+A train config is YAML data with five sections (``model``, ``teacher``, ``data``, ``loss``,
+``optim``) plus ``run``. A file may start from another with ``base: NAME`` (a named train
+config or a path); command-line overrides are ``section.key=value`` with YAML values. Unknown
+keys are errors that list the known ones, so a typo never trains the wrong recipe silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from ..config import TokLIPConfig, config_from_dict
+from ..factory import resolve_config
+from ..resources import data_dir
+
+__all__ = [
+    "ModelSection", "TeacherSection", "DataSection", "LossSection", "OptimSection", "RunSection",
+    "TrainConfig", "list_train_configs", "load_train_config", "train_config_from_dict",
+]
+
+
+@dataclass
+class ModelSection:
+    name: str = "toklip-tiny"  # a TokLIP model name, saved directory or config file
+    overrides: dict = field(default_factory=dict)  # merged into the model config, e.g. {encoder: {causal: false}}
+    init: Optional[str] = "teacher"  # "teacher" (SigLIP2 weights of the teacher), a state-dict file, or null
+    vq_checkpoint: Optional[str] = None  # LlamaGen VQ weights, a path or "released"
+
+
+@dataclass
+class TeacherSection:
+    open_clip: Optional[str] = None  # an open_clip model name, e.g. ViT-SO400M-16-SigLIP2-256
+    pretrained: Optional[str] = None  # open_clip pretrained tag or file
+    timm_kwargs: dict = field(default_factory=dict)  # a custom timm ViT trunk (tests, demo) instead of open_clip
+    checkpoint: Optional[str] = None  # open_clip-layout weights for the custom trunk + text tower
+
+
+@dataclass
+class DataSection:
+    kind: str = "wds"  # "wds" (webdataset shards), "csv", "jsonl" (image path + caption), "cache" (codes file)
+    train: str = ""  # shard glob / brace list, CSV/JSONL file, or cache file
+    image_key: str = "image"  # CSV/JSONL column holding the image path
+    caption_key: str = "caption"  # CSV/JSONL column or json-field holding the caption
+    shuffle_buffer: int = 1000
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("wds", "csv", "jsonl", "cache"):
+            raise ValueError(f"data.kind must be one of wds, csv, jsonl, cache; got {self.kind!r}")
+
+
+@dataclass
+class LossSection:
+    contrastive: str = "sigmoid"  # "sigmoid" (SigLIP), "infonce" (CLIP softmax) or "none"
+    contrastive_weight: float = 1.0
+    distill_weight: float = 1.0  # MSE of the pooled embedding to the teacher's
+    token_distill_weight: float = 0.0  # MSE of every semantic token to the teacher's tokens
+    sigmoid_dist_impl: str = "gather"  # open_clip SigLipLoss exchange: gather, bidir, shift, reduce
+
+    def __post_init__(self) -> None:
+        if self.contrastive not in ("sigmoid", "infonce", "none"):
+            raise ValueError(f"loss.contrastive must be sigmoid, infonce or none; got {self.contrastive!r}")
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 500
+    steps: int = 10000
+    batch_size: int = 512  # global batch, summed over ranks and accumulation steps
+    accum_steps: int = 1
+    grad_clip: Optional[float] = 1.0
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads "1e-5" (no dot) as a string; accept it as the number it means.
+        self.lr, self.weight_decay, self.eps = float(self.lr), float(self.weight_decay), float(self.eps)
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.batch_size % self.accum_steps:
+            raise ValueError(f"optim.batch_size {self.batch_size} is not divisible by optim.accum_steps "
+                             f"{self.accum_steps}")
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/toklip"
+    precision: str = "bf16"  # "fp32", "bf16" or "fp16" (autocast; fp16 adds a GradScaler)
+    grad_checkpointing: bool = False
+    distributed: str = "ddp"  # "ddp" or "fsdp" (sharded parameters, for the So400m configs)
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 10
+    eval_every: int = 0  # zero-shot evaluation every N steps (0: off); needs eval_data
+    eval_data: Optional[str] = None  # a cache file of held-out samples with class labels
+    seed: int = 0
+    tensorboard: bool = True
+    wandb: bool = False
+    device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"run.precision must be fp32, bf16 or fp16; got {self.precision!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ValueError(f"run.distributed must be ddp or fsdp; got {self.distributed!r}")
+
+
+_SECTIONS = {"model": ModelSection, "teacher": TeacherSection, "data": DataSection,
+             "loss": LossSection, "optim": OptimSection, "run": RunSection}
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def model_config(self) -> TokLIPConfig:
+        """The student's TokLIP config with ``model.overrides`` merged in."""
+        base = resolve_config(self.model.name).to_dict()
+        return config_from_dict(_merge(base, self.model.overrides))
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.loss.distill_weight > 0 or self.loss.token_distill_weight > 0 or self.model.init == "teacher"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown train-config section(s) {unknown}; known: {sorted(_SECTIONS)}")
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        values = dict(data.get(name) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(values) - known)
+        if bad:
+            raise ValueError(f"unknown key(s) {bad} in train-config section {name!r}; known: {sorted(known)}")
+        sections[name] = cls(**values)
+    return TrainConfig(**sections)
+
+
+def list_train_configs() -> list[str]:
+    folder = data_dir("configs") / "train"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_train_config(source: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A train config from a file or a name in ``configs/train``, with ``section.key=value`` overrides."""
+    data = _read_with_bases(source, seen=())
+    for item in overrides:
+        data = _merge(data, _parse_override(item))
+    return train_config_from_dict(data)
+
+
+def _read_with_bases(source: str | Path, seen: tuple) -> dict:
+    path = _find_config(source)
+    if str(path) in seen:
+        raise ValueError(f"train config {path} includes itself through 'base'")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} does not hold a train-config mapping")
+    data = dict(data)
+    base = data.pop("base", None)
+    return _merge(_read_with_bases(base, seen + (str(path),)), data) if base else data
+
+
+def _find_config(source: str | Path):
+    path = Path(source)
+    if path.is_file():
+        return path
+    named = data_dir("configs") / "train" / f"{source}.yaml"
+    if named.is_file():
+        return named
+    raise FileNotFoundError(f"train config {source!r} is neither a file nor a named config "
+                            f"({', '.join(list_train_configs())})")
+
+
+def _parse_override(item: str) -> dict:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=1e-4)")
+    nested: Any = yaml.safe_load(value)
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict:
+    """Recursive dict merge; ``update`` wins, mappings merge key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,367 @@
+"""The TokLIP training loop (paper Section 3.1): only the code mapping and the token encoder learn.
+
+One process per device, started by ``torchrun`` (or plainly, for one device). The student
+(TokLIP) is wrapped in DDP, or FSDP for the So400m configs; the VQ tokenizer, the text tower
+and the teacher are frozen, in eval mode and outside the optimizer. A step is: VQ codes (or
+cached codes) -> semantic tokens -> pooled embedding; frozen text embedding; frozen teacher
+targets at the teacher's resolution; loss; backward over ``accum_steps`` micro-batches; clip;
+AdamW; cosine schedule with warmup. Checkpoints hold everything a resume needs to reproduce
+the uninterrupted run: trainable weights, optimizer, scheduler, scaler, step, data position and
+RNG state.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from tqdm import tqdm
+
+from ..checkpoints import init_from_siglip2, load_vq_checkpoint, safe_load
+from ..factory import create_model, get_tokenizer
+from ..models.toklip import TokLIP
+from ..transforms import image_transform
+from .checkpointing import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import StreamPosition, build_loader
+from .evaluate import cache_evaluator
+from .losses import TokLIPLoss
+from .teacher import SigLIPTeacher, build_teacher
+
+__all__ = ["DistEnv", "init_distributed", "build_student", "Trainer", "cosine_with_warmup"]
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group ``torchrun`` describes in the environment (NCCL on GPUs, gloo on CPU)."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistEnv(rank, world_size, target)
+
+
+def build_student(config: TrainConfig, teacher: Optional[SigLIPTeacher]) -> TokLIP:
+    """The TokLIP student: initialised as the config says, frozen parts frozen."""
+    model = create_model(config.model_config(), seed=config.run.seed)
+    if config.model.vq_checkpoint:
+        load_vq_checkpoint(model.vq, config.model.vq_checkpoint)
+    if config.model.init == "teacher":
+        init_from_siglip2(model, teacher.state_dict())
+    elif config.model.init:
+        init_from_siglip2(model, safe_load(config.model.init))
+    model.requires_grad_(False)
+    model.encoder.requires_grad_(True)
+    learn_logits = config.loss.contrastive != "none"
+    model.logit_scale.requires_grad_(learn_logits)
+    model.logit_bias.requires_grad_(learn_logits and config.loss.contrastive == "sigmoid")
+    return model
+
+
+class StudentForward(nn.Module):
+    """What DDP / FSDP wrap: codes + text ids -> (pooled embedding, tokens, frozen text embedding).
+
+    ``train()`` keeps the frozen VQ and text tower in eval mode.
+    """
+
+    def __init__(self, model: TokLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, codes: torch.Tensor, text: torch.Tensor):
+        tokens = self.model.encode_codes(codes)
+        with torch.no_grad():
+            text_emb = self.model.encode_text(text)
+        return self.model.pool_tokens(tokens), tokens, text_emb
+
+    def train(self, mode: bool = True) -> "StudentForward":
+        super().train(mode)
+        self.model.vq.eval()
+        self.model.text.eval()
+        return self
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, position embedding and logit scale/bias (as timm, open_clip)."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "pos_embed" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`, resumes from the newest checkpoint, trains.
+
+    ``eval_fn(model) -> {name: value}`` runs every ``run.eval_every`` steps on rank 0; by default it
+    is the zero-shot / retrieval evaluation of the held-out cache ``run.eval_data``.
+    """
+
+    def __init__(self, config: TrainConfig, env: Optional[DistEnv] = None,
+                 eval_fn: Optional[Callable[[TokLIP], dict[str, float]]] = None):
+        self.config = config
+        self.env = env or init_distributed(config.run.device)
+        self.eval_fn = eval_fn or (cache_evaluator(config.run.eval_data) if config.run.eval_data else None)
+        self.out = Path(config.run.output_dir)
+        torch.manual_seed(config.run.seed + self.env.rank)
+        model_config = config.model_config()
+        self.teacher = build_teacher(config.teacher, model_config).to(self.env.device) if config.uses_teacher else None
+        self.model = build_student(config, self.teacher).to(self.env.device)
+        if config.run.grad_checkpointing:
+            self.model.encoder.set_grad_checkpointing(True)
+        self.wrapped = self._wrap(StudentForward(self.model))
+        self.loss = TokLIPLoss(config.loss, self.env.rank, self.env.world_size)
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(_param_groups(self.wrapped, optim.weight_decay), lr=optim.lr,
+                                           betas=optim.betas, eps=optim.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, optim.warmup_steps, optim.steps))
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=config.run.precision == "fp16")
+        self.step, self.skipped = 0, 0
+        self.transform = image_transform(model_config.image_size)
+        self.tokenizer = get_tokenizer(model_config)
+
+    # setup -------------------------------------------------------------------------------------
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.env.world_size == 1:
+            return module
+        device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        if self.config.run.distributed == "ddp":
+            return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        from timm.models.vision_transformer import Block
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+        return FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy({Block}), use_orig_params=True,
+                                        device_id=self.env.device if device_ids else None)
+
+    @property
+    def local_batch_size(self) -> int:
+        optim, world = self.config.optim, self.env.world_size
+        per_step = optim.batch_size // optim.accum_steps
+        if per_step % world:
+            raise ValueError(f"optim.batch_size {optim.batch_size} / accum_steps {optim.accum_steps} = {per_step} "
+                             f"is not divisible by the {world} ranks; pick a batch size that is")
+        return per_step // world
+
+    def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
+        position = StreamPosition(self.env.rank, self.env.world_size, self.step * self.config.optim.accum_steps)
+        return iter(build_loader(self.config.data, self.transform, self.tokenizer, self.local_batch_size,
+                                 position, self.config.run.seed))
+
+    # checkpoints -------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(self.wrapped, self.optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
+        rng = [None] * self.env.world_size
+        local_rng = {"cpu": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state() if self.env.device.type == "cuda" else None}
+        if self.env.world_size > 1:
+            dist.all_gather_object(rng, local_rng)
+        else:
+            rng = [local_rng]
+        return {"step": self.step, "model": model_sd, "optimizer": optim_sd,
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "data": {"batches": self.step * self.config.optim.accum_steps, "skipped": self.skipped},
+                "rng": rng, "world_size": self.env.world_size, "config": self.config.to_dict()}
+
+    def save(self) -> None:
+        state = self._state()  # every rank takes part in gathering the state
+        if self.env.is_main:
+            save_checkpoint(self.out / "checkpoints", self.step, state, self.config.run.keep_last)
+        self._barrier()
+
+    def resume(self, path: Optional[Path] = None) -> bool:
+        """Load ``path`` or the newest checkpoint in ``output_dir``; False when there is none."""
+        path = path or latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            return False
+        state = load_checkpoint(path)
+        set_state_dict(self.wrapped, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.skipped = state["step"], state["data"]["skipped"]
+        if state["world_size"] != self.env.world_size:
+            raise ValueError(f"checkpoint {path} was written by {state['world_size']} ranks, this run has "
+                             f"{self.env.world_size}; resume with the same number of processes")
+        rng = state["rng"][self.env.rank]
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and self.env.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
+        return True
+
+    def _barrier(self) -> None:
+        if self.env.world_size > 1:
+            dist.barrier()
+
+    # one optimisation step ---------------------------------------------------------------------
+    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Codes and teacher targets, from the batch when cached there, else computed (frozen, no grad)."""
+        cfg = self.config.loss
+        codes = batch["codes"] if "codes" in batch else self.model.tokenize(batch["images"])
+        teacher_emb, teacher_tokens = batch.get("teacher_pooled"), batch.get("teacher_tokens")
+        need_emb = cfg.distill_weight > 0 and teacher_emb is None
+        need_tokens = cfg.token_distill_weight > 0 and teacher_tokens is None
+        if need_emb or need_tokens:
+            with torch.no_grad(), self._autocast():
+                teacher_emb, teacher_tokens = self.teacher.image_features(batch["images"])
+        return codes, teacher_emb, teacher_tokens
+
+    def _autocast(self):
+        dtype = _AMP_DTYPES.get(self.config.run.precision)
+        return torch.autocast(self.env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        accum = self.config.optim.accum_steps
+        totals: dict[str, float] = {}
+        for micro in range(accum):
+            batch = {k: v.to(self.env.device, non_blocking=True) for k, v in next(batches).items()}
+            self.skipped += int(batch.pop("skipped"))
+            codes, teacher_emb, teacher_tokens = self._targets(batch)
+            sync = micro == accum - 1 or not hasattr(self.wrapped, "no_sync")
+            with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
+                pooled, tokens, text_emb = self.wrapped(codes, batch["text"])
+                terms = self.loss(pooled, text_emb, self.model.logit_scale, self.model.logit_bias,
+                                  tokens, teacher_emb, teacher_tokens)
+            self.scaler.scale(terms["total"] / accum).backward()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value.item() / accum
+        self.scaler.unscale_(self.optimizer)
+        if self.config.optim.grad_clip:
+            totals["grad_norm"] = self._clip(self.config.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        return self._mean_over_ranks(totals)
+
+    def _clip(self, max_norm: float) -> float:
+        if hasattr(self.wrapped, "clip_grad_norm_"):  # FSDP computes the norm over shards
+            return float(self.wrapped.clip_grad_norm_(max_norm))
+        params = [p for p in self.wrapped.parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
+        if self.env.world_size == 1:
+            return values
+        keys = sorted(values)
+        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.env.device)
+        dist.all_reduce(tensor)
+        return {k: v / self.env.world_size for k, v in zip(keys, tensor.tolist())}
+
+    # the run -----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        """Train to ``optim.steps`` (resuming if a checkpoint exists), save, export; the last metrics."""
+        run = self.config.run
+        if self.env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.out / "config.yaml")
+        resumed = self.resume()
+        self.wrapped.train()
+        logger = _MetricLogger(self.out, run.tensorboard and self.env.is_main, run.wandb and self.env.is_main,
+                               self.config) if self.env.is_main else None
+        batches, metrics = self._loader(), {}
+        images_per_step = self.config.optim.batch_size
+        bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not self.env.is_main,
+                   desc="resumed" if resumed else "train", dynamic_ncols=True)
+        while self.step < self.config.optim.steps:
+            start = time.perf_counter()
+            metrics = self.train_step(batches)
+            metrics["images_per_s"] = images_per_step / (time.perf_counter() - start)
+            metrics["skipped_total"] = self._total_skipped()
+            if self.eval_fn and run.eval_every and self.step % run.eval_every == 0 and self.env.is_main:
+                metrics.update(self.eval_fn(self.model))
+            if logger and (self.step % run.log_every == 0 or self.step == self.config.optim.steps):
+                logger.log(self.step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['total']:.4f}", lr=f"{metrics['lr']:.2e}",
+                            img_s=f"{metrics['images_per_s']:.0f}", skipped=metrics["skipped_total"])
+            if self.step % run.save_every == 0 or self.step == self.config.optim.steps:
+                self.save()
+        bar.close()
+        skipped = self._total_skipped()
+        if logger:
+            logger.close()
+            export_model(self.model, self.out / "export")
+            print(f"[toklip-train] step {self.step}: exported to {self.out / 'export'}; "
+                  f"{skipped} samples skipped because they failed to decode")
+        self._barrier()
+        return metrics
+
+    def _total_skipped(self) -> int:
+        """Samples skipped by all ranks so far (a collective: every rank calls it)."""
+        if self.env.world_size == 1:
+            return self.skipped
+        tensor = torch.tensor([self.skipped], device=self.env.device)
+        dist.all_reduce(tensor)
+        return int(tensor)
+
+
+class _MetricLogger:
+    """Rank 0's metrics: ``metrics.jsonl`` (one line per logged step), TensorBoard, optional W&B."""
+
+    def __init__(self, out: Path, tensorboard: bool, wandb: bool, config: TrainConfig):
+        self.file = open(out / "metrics.jsonl", "a")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        self.wandb = None
+        if wandb:
+            import wandb as wandb_module
+
+            self.wandb = wandb_module.init(project="toklip", dir=str(out), config=config.to_dict())
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
+        for name, value in metrics.items():
+            if self.tb:
+                self.tb.add_scalar(f"train/{name}", value, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()

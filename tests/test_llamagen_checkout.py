@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,10 +143,19 @@ def test_sample_c2i_script_runs_unchanged_with_toklip_vq_and_fused_gpt(checkout,
     stdout = run_in(checkout, [
         "autoregressive/sample/sample_c2i.py", "--vq-model", "toklip", "--vq-ckpt", str(tmp_path / "toklip256.pt"),
         "--gpt-model", "GPT-B-toklip", "--gpt-ckpt", str(tmp_path / "0000001.pt"), "--image-size", "256",
-        "--codebook-size", "1024", "--cfg-scale", "2.5", "--top-k", "0", "--top-p", "1.0", "--temperature", "1.0",
+        "--codebook-size", "1024", "--precision", "none", "--cfg-scale", "2.5", "--top-k", "0", "--top-p", "1.0", "--temperature", "1.0",
     ], env={"TOKLIP_MODEL": str(tmp_path / "toklip256")})
     assert "image is saved to sample_c2i.png" in stdout
     from PIL import Image
 
     with Image.open(checkout / "sample_c2i.png") as image:
         assert image.size == (4 * 256 + 5 * 2, 2 * 256 + 3 * 2)  # save_image's grid, nrow=4, padding 2
+
+
+@pytest.mark.parametrize("recipe", ["extract_codes.sh", "train_c2i.sh", "sample_c2i.sh"])
+def test_recipes_pass_only_flags_the_llamagen_script_defines(recipe):
+    text = (Path(tp.__file__).resolve().parent.parent / "configs" / "llamagen" / recipe).read_text()
+    script = re.search(r"(autoregressive/\S+\.py)", text).group(1)
+    defined = set(re.findall(r'add_argument\("(--[\w-]+)"', (Path(ROOT) / script).read_text()))
+    used = set(re.findall(r"(?<![\w-])(--[a-z][\w-]+)", text.split(script, 1)[1]))
+    assert used and used <= defined, sorted(used - defined)

@@ -137,6 +137,16 @@ def test_generate_with_cfg_gives_int32_codes_in_the_codebook(toklip):
     assert model.toklip.k_cache.shape[1] == 6 and model.layers[0].attention.kv_cache.k_cache.shape[0] == 6
 
 
+def test_sampling_through_a_fullgraph_compiled_model_gives_the_eager_codes(toklip):
+    """sample_c2i_ddp.py compiles with fullgraph=True by default: no graph break is allowed."""
+    model = fused_gpt(toklip).eval()
+    torch.manual_seed(0)
+    eager = generate(model, torch.tensor([1, 4]), 16, cfg_scale=2.5)
+    torch.manual_seed(0)
+    compiled = generate(torch.compile(model, backend="eager", fullgraph=True), torch.tensor([1, 4]), 16, cfg_scale=2.5)
+    assert torch.equal(eager, compiled)
+
+
 def test_cfg_rows_share_one_encoder_run_without_changing_logits(toklip):
     model = fused_gpt(toklip).eval()
     codes, cond = random_codes(2), torch.tensor([1, 2, CLASSES, CLASSES])  # [cond; null]
@@ -235,7 +245,7 @@ def vq_pair():
     torch.manual_seed(0)
     reference = VQ_16(codebook_size=VOCAB).eval()
     ours = TokLIP_VQ(codebook_size=VOCAB, codebook_embed_dim=8, commit_loss_beta=0.25).eval()
-    ours.load_state_dict({"model": reference.state_dict()}["model"])
+    ours.load_state_dict(reference.state_dict())
     return reference, ours
 
 

@@ -1,7 +1,7 @@
 """lmms-eval (the real package) with ``toklip_llava``: entry-point discovery, the lmms API, a CLI run.
 
-The LLaVA checkpoint is built the way LLaVA's ``train.py`` builds one before training (a tiny
-random Llama LLM from ``llava_fixtures``, ``initialize_vision_modules`` with ``--vision_tower
+The LLaVA checkpoints are built the way LLaVA's ``train.py`` builds one before training (a tiny
+random Llama or Qwen2 LLM from ``llava_fixtures``, ``initialize_vision_modules`` with ``--vision_tower
 toklip-tiny``, the config fields ``train.py`` sets) and saved without its tower weights, as
 LLaVA saves a model whose tower is frozen.
 """
@@ -27,24 +27,37 @@ TASKS = REPO / "eval" / "lmms_tasks"
 TASK = "toklip_pope_mini"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def build_checkpoint(kind: str, root: Path) -> Path:
     patch_installed_llava()
     from llava.model import LlavaLlamaForCausalLM
     from transformers import AutoTokenizer
 
-    root = tmp_path_factory.mktemp("lmms")
-    llm = build_tiny_llm("llama", root / "tiny-llama")
-    model = LlavaLlamaForCausalLM.from_pretrained(llm)
+    from toklip_plugin.integrations.llava.qwen2 import LlavaQwen2ForCausalLM
+
+    llm = build_tiny_llm(kind, root / f"tiny-{kind}")
+    model = {"llama": LlavaLlamaForCausalLM, "qwen2": LlavaQwen2ForCausalLM}[kind].from_pretrained(llm)
     model.get_model().initialize_vision_modules(SimpleNamespace(
         vision_tower="toklip-tiny", mm_vision_select_layer=-1, mm_vision_select_feature="patch",
         pretrain_mm_mlp_adapter=None, mm_projector_type="mlp2x_gelu", mm_patch_merge_type="flat"))
     model.config.update(dict(image_aspect_ratio="pad", mm_use_im_start_end=False, mm_use_im_patch_token=False,
                              tokenizer_padding_side="right"))
-    out = root / "llava-toklip-tiny"
+    out = root / f"llava-{kind}-toklip-tiny"
     model.save_pretrained(out, state_dict={k: v for k, v in model.state_dict().items() if "vision_tower" not in k})
     AutoTokenizer.from_pretrained(llm, use_fast=False).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """``checkpoints(kind)``: a tiny LLaVA with a toklip-tiny tower and a Llama or Qwen2 LLM (built once)."""
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build_checkpoint(kind, tmp_path_factory.mktemp(f"lmms-{kind}"))
+        return built[kind]
+
+    return get
 
 
 def docs() -> list[dict]:
@@ -60,11 +73,12 @@ def test_lmms_eval_finds_toklip_llava_through_its_entry_point():
     assert MODEL_REGISTRY_V2.get_model_class("toklip_llava") is TokLIPLlava
 
 
-@pytest.fixture(scope="module")
-def lmm(checkpoint):
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def lmm(request, checkpoints):
     from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
 
-    model = TokLIPLlava(pretrained=str(checkpoint), device="cpu", batch_size="1")
+    model = TokLIPLlava(pretrained=str(checkpoints(request.param)), device="cpu", batch_size="1")
+    assert model.conv_template == {"llama": "vicuna_v1", "qwen2": "qwen_2"}[request.param]
     spec = importlib.util.spec_from_file_location("toklip_pope_mini_utils", TASKS / TASK / "utils.py")
     task_utils = importlib.util.module_from_spec(spec)  # the task's own hooks, as lmms-eval loads them
     spec.loader.exec_module(task_utils)
@@ -78,15 +92,29 @@ def request(kind: str, args: tuple, doc_id: int):
     return Instance(kind, args, idx=0, metadata={"task": TASK, "doc_id": doc_id, "repeats": 1})
 
 
-def test_generate_until_answers_in_request_order_and_stops_at_until(lmm):
+def generate(model, task, doc_id: int, **kwargs) -> list[str]:
+    args = (docs()[doc_id]["question"], {"max_new_tokens": 6, "temperature": 0, "do_sample": False, **kwargs},
+            task.doc_to_visual, doc_id, TASK, "test")
+    return model.generate_until([request("generate_until", args, doc_id)])
+
+
+def test_generate_until_answers_in_request_order(lmm):
     model, task = lmm
-    kwargs = {"max_new_tokens": 6, "temperature": 0, "do_sample": False, "until": ["\n"]}
-    reqs = [request("generate_until", ("Is there a red circle?", dict(kwargs), task.doc_to_visual, i, TASK, "test"), i)
-            for i in (2, 0, 1)]
+    # a random tiny LLM may say the same thing to every prompt: different lengths tell the answers apart
+    lengths = {2: 6, 0: 2, 1: 4}
+    reqs = [request("generate_until", (docs()[i]["question"], {"max_new_tokens": n, "temperature": 0, "until": []},
+                                       task.doc_to_visual, i, TASK, "test"), i) for i, n in lengths.items()]
     answers = model.generate_until(reqs)
-    assert len(answers) == 3 and all(isinstance(a, str) and "\n" not in a for a in answers)
-    # one at a time gives the same answers: the order is the requests'
+    assert len(set(answers)) == 3
     assert [model.generate_until([r])[0] for r in reqs] == answers
+
+
+def test_generation_stops_at_the_first_until_string(lmm):
+    model, task = lmm
+    full, = generate(model, task, 0, until=[])
+    assert len(full) >= 3
+    stop = full[len(full) // 2:][:2]
+    assert generate(model, task, 0, until=[stop]) == [full.split(stop)[0].strip()]
 
 
 def test_loglikelihood_is_the_sum_of_the_continuation_token_log_probabilities(lmm):
@@ -119,7 +147,8 @@ def yes_or_no(text: str) -> str:
     return "no" if "no" in words or "not" in words else "yes"
 
 
-def test_lmms_eval_command_runs_the_offline_task_and_writes_results(checkpoint, tmp_path):
+def test_lmms_eval_command_runs_the_offline_task_and_writes_results(checkpoints, tmp_path):
+    checkpoint = checkpoints("llama")
     out = tmp_path / "results"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [str(Path(sys.executable).with_name("lmms-eval")), "eval", "--model", "toklip_llava",

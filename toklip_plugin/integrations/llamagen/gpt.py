@@ -63,6 +63,13 @@ class ModelArgs:
 
 
 # conditions -------------------------------------------------------------------------------
+def _dropped_rows(cond: torch.Tensor, prob: float, force_drop_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    """Rows whose condition becomes the null condition: at random in training (CFG), or forced."""
+    if force_drop_ids is None:
+        return torch.rand(cond.shape[0], device=cond.device) < prob
+    return force_drop_ids == 1
+
+
 class LabelEmbedder(nn.Module):
     """Class label -> one condition token; row ``num_classes`` is the null class for CFG."""
 
@@ -73,11 +80,7 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
 
     def token_drop(self, labels: torch.Tensor, force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if force_drop_ids is None:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
-        else:
-            drop = force_drop_ids == 1
-        return torch.where(drop, self.num_classes, labels)
+        return torch.where(_dropped_rows(labels, self.dropout_prob, force_drop_ids), self.num_classes, labels)
 
     def forward(self, labels: torch.Tensor, train: bool, force_drop_ids=None) -> torch.Tensor:
         if (train and self.dropout_prob > 0) or force_drop_ids is not None:
@@ -106,10 +109,7 @@ class CaptionEmbedder(nn.Module):
         self.uncond_prob = uncond_prob
 
     def token_drop(self, caption: torch.Tensor, force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if force_drop_ids is None:
-            drop = torch.rand(caption.shape[0], device=caption.device) < self.uncond_prob
-        else:
-            drop = force_drop_ids == 1
+        drop = _dropped_rows(caption, self.uncond_prob, force_drop_ids)
         return torch.where(drop[:, None, None], self.uncond_embedding, caption)
 
     def forward(self, caption: torch.Tensor, train: bool, force_drop_ids=None) -> torch.Tensor:

@@ -50,11 +50,13 @@ def test_reconstruction_against_other_vq_weights_reports_the_difference(image_ro
     torch.manual_seed(1)
     other = VQModel(tp.resolve_config("toklip-tiny").vq)
     torch.save({"model": other.state_dict()}, tmp_path / "vq_other.pt")  # LlamaGen's checkpoint layout
-    code, _, err = run(capsys, "reconstruction", "--images", str(image_root), "--reference-vq", str(tmp_path / "vq_other.pt"),
+    listing = tmp_path / "two.txt"  # a list of images instead of a folder
+    listing.write_text(f"{image_root / 'cat' / '0.png'}\n{(image_root / 'dog' / '1.png').relative_to(tmp_path)}\n")
+    code, _, err = run(capsys, "reconstruction", "--images", str(listing), "--reference-vq", str(tmp_path / "vq_other.pt"),
                        "--output-dir", str(tmp_path), *COMMON)
     assert code == 0, err
     result = json.loads((tmp_path / "reconstruction.json").read_text())
-    assert result["identical_images"] == 0 and result["max_abs_diff"] > 0
+    assert result["images"] == 2 and result["identical_images"] == 0 and result["max_abs_diff"] > 0
 
 
 def test_zero_shot_command_writes_json_and_markdown(image_root, tmp_path, capsys):

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from toklip_plugin import image_transform
-from toklip_plugin.evaluation.data import ImageFiles, WebDatasetImages, class_folder, make_loader, read_captions
+from toklip_plugin.evaluation.data import (
+    ImageFiles, WebDatasetImages, class_folder, image_files, make_loader, read_captions,
+)
 from toklip_plugin.evaluation.retrieval import evaluate_retrieval
 from toklip_plugin.evaluation.zero_shot import evaluate_zero_shot
 
@@ -140,3 +142,13 @@ def test_an_annotation_in_an_unknown_layout_is_refused(tmp_path):
     (tmp_path / "odd.json").write_text(json.dumps([{"file": "a.jpg", "text": "a"}]))
     with pytest.raises(ValueError, match="list of {'image', 'caption'} rows"):
         read_captions(tmp_path / "odd.json")
+
+
+def test_an_image_list_resolves_relative_paths_against_its_folder(tmp_path):
+    save_png(tmp_path / "a" / "x.png", (1, 2, 3))
+    save_png(tmp_path / "y.png", (1, 2, 3))
+    listing = tmp_path / "a" / "list.txt"
+    listing.write_text(f"x.png\n\n{tmp_path / 'y.png'}\n")
+    assert image_files(listing) == [tmp_path / "a" / "x.png", tmp_path / "y.png"]
+    with pytest.raises(FileNotFoundError, match="neither an image folder nor a .txt list"):
+        image_files(tmp_path / "missing")

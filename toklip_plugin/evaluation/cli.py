@@ -44,7 +44,7 @@ def _labelled_images(path: str, transform, args: argparse.Namespace):
 
 
 def _image_folder(path: str, transform, args: argparse.Namespace):
-    """(loader, class names, count) for a class folder, or a flat folder (every label 0)."""
+    """(loader, class names, count) for a class folder, or a flat folder / .txt list (every label 0)."""
     root = Path(path)
     if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
         return _labelled_images(path, transform, args)
@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.set_defaults(func=cmd_retrieval)
 
     sim = sub.add_parser("similarity", help="TokLIP vs SigLIP teacher cosine similarity + t-SNE (Figure 3)")
-    sim.add_argument("--images", required=True, help="an image folder (class subfolders colour the t-SNE)")
+    sim.add_argument("--images", required=True,
+                     help="an image folder (class subfolders colour the t-SNE) or a .txt list of image paths")
     sim.add_argument("--teacher", default=None, help="open_clip teacher name, e.g. ViT-SO400M-16-SigLIP2-256")
     sim.add_argument("--teacher-pretrained", default=None, help="open_clip pretrained tag or weight file")
     sim.add_argument("--teacher-config", default=None, help="a toklip-train config whose teacher section to use")
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_similarity)
 
     rc = sub.add_parser("reconstruction", help="TokLIP vs plain VQ reconstructions: identity check, PSNR/SSIM (rFID)")
-    rc.add_argument("--images", required=True, help="an image folder")
+    rc.add_argument("--images", required=True, help="an image folder or a .txt list of image paths")
     rc.add_argument("--reference-vq", default=None,
                     help="LlamaGen VQ checkpoint for the plain model (default: a copy of TokLIP's own VQ weights)")
     rc.add_argument("--fid", action="store_true", help="also write the images and compute rFID (torch-fidelity / clean-fid)")

@@ -122,14 +122,19 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoad
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, shuffle=False)
 
 
-def image_files(root: PathLike) -> list[Path]:
-    """Image files under ``root`` (recursively, sorted); a missing or empty folder raises."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(source: PathLike) -> list[Path]:
+    """Image files under a folder (recursively, sorted), or listed in a ``.txt`` file (one path per
+    line, relative paths against the file's folder); a missing or empty source raises."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".txt":
+        lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        files = [source.parent / line for line in lines]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        raise FileNotFoundError(f"{source} is neither an image folder nor a .txt list of image paths")
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
     return files
 
 

@@ -12,7 +12,7 @@ from .runtime import autocast, run_batches
 
 __all__ = ["TEMPLATES", "class_embeddings", "evaluate_zero_shot"]
 
-# open_clip's ImageNet prompt sets: the 80 OpenAI prompts (CLIP / SigLIP evaluation) or its 18-prompt subset
+# open_clip's ImageNet prompt sets: the 80 OpenAI prompts (CLIP / SigLIP evaluation) or the 7 of its 'simple' set
 TEMPLATES = {"openai": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}
 
 

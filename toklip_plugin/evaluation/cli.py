@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -55,8 +54,8 @@ def _image_folder(path: str, transform, args: argparse.Namespace):
 def cmd_zeroshot(args: argparse.Namespace) -> dict:
     from .zero_shot import TEMPLATES, evaluate_zero_shot
 
+    loader, classnames, total = _labelled_images(args.data, get_transform(args.model), args)
     model = _load_model(args)
-    loader, classnames, total = _labelled_images(args.data, get_transform(model.config), args)
     if args.classnames:
         classnames = read_classnames(args.classnames)
     return evaluate_zero_shot(model, get_tokenizer(model.config, args.tokenizer_path), loader, classnames,
@@ -69,7 +68,7 @@ def cmd_retrieval(args: argparse.Namespace) -> dict:
     pairs = read_captions(args.annotation, args.image_root, args.split)
     model = _load_model(args)
     return evaluate_retrieval(model, get_tokenizer(model.config, args.tokenizer_path), pairs,
-                              get_transform(model.config), torch.device(args.device), args.batch_size,
+                              get_transform(args.model), torch.device(args.device), args.batch_size,
                               args.workers, args.amp)
 
 
@@ -92,9 +91,9 @@ def _teacher(args: argparse.Namespace, model):
 def cmd_similarity(args: argparse.Namespace) -> dict:
     from .features import plot_tsne, teacher_similarity
 
+    loader, classnames, total = _image_folder(args.images, get_transform(args.model), args)
     model = _load_model(args)
     teacher = _teacher(args, model)
-    loader, classnames, total = _image_folder(args.images, get_transform(model.config), args)
     summary, features = teacher_similarity(model, teacher, loader, torch.device(args.device), args.amp, total)
     if not args.no_tsne:
         plot = plot_tsne(features, features["labels"], Path(args.output_dir) / f"{args.name or 'similarity'}_tsne.png",
@@ -106,14 +105,14 @@ def cmd_similarity(args: argparse.Namespace) -> dict:
 def cmd_reconstruction(args: argparse.Namespace) -> dict:
     from .reconstruction import evaluate_reconstruction
 
+    files = image_files(args.images)
     model = _load_model(args)
     vq = VQModel(model.config.vq)
     if args.reference_vq:
         load_vq_checkpoint(vq, args.reference_vq)
     else:
-        vq.load_state_dict(copy.deepcopy(model.vq.state_dict()))
+        vq.load_state_dict(model.vq.state_dict())
     vq = vq.to(args.device).eval()
-    files = image_files(args.images)
     loader = make_loader(ImageFiles(files, get_transform(model.config)), args.batch_size, args.workers)
     fid_dir = Path(args.output_dir) / f"{args.name or 'reconstruction'}_images" if args.fid else None
     return evaluate_reconstruction(model, vq, loader, torch.device(args.device), args.amp, fid_dir, len(files))

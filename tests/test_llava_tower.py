@@ -6,10 +6,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from llava_fixtures import patch_installed_llava
 from PIL import Image
 
 import toklip_plugin as tp
 from toklip_plugin.integrations.llava.tower import RANDOM_INIT_SEED, TokLIPVisionTower
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patched_llava():
+    """Patch before the first ``import llava`` of the session, so that the patched modules load."""
+    patch_installed_llava()
 
 
 def tower_args(**overrides) -> SimpleNamespace:
@@ -131,6 +138,29 @@ def test_square_processing_matches_toklip_transform():
     expected = tp.get_transform("toklip-tiny")(image)[None]
     assert pixels.shape == expected.shape
     assert (pixels - expected).abs().mean() < 0.02  # PIL vs torchvision bicubic differ by rounding only
+
+
+def test_anyres_processing_gives_the_base_image_and_its_crops_at_the_tower_size(images):
+    from llava.mm_utils import process_images
+
+    tower = TokLIPVisionTower("toklip-tiny", tower_args())
+    size = tower.config.image_size
+    wide = Image.fromarray(np.zeros((size, 2 * size, 3), dtype=np.uint8))
+    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=[[size, 2 * size], [2 * size, size]])
+    pixels = process_images([wide], tower.image_processor, cfg)
+    assert pixels.shape == (1, 3, 3, size, size)  # base image + two crops
+    assert tower(pixels[0]).shape == (3, tower.num_patches, tower.hidden_size)
+
+
+# LLaVA's builder --------------------------------------------------------------------------------
+def test_llava_build_vision_tower_hands_toklip_names_to_the_plugin():
+    from llava.model.multimodal_encoder.builder import build_vision_tower
+
+    cfg = SimpleNamespace(mm_vision_tower="toklip-tiny", mm_vision_select_layer=-1)
+    tower = build_vision_tower(cfg, delay_load=True)
+    assert isinstance(tower, TokLIPVisionTower) and not tower.is_loaded
+    with pytest.raises(ValueError, match="Unknown vision tower: toklipper"):  # a prefix match, not a substring
+        build_vision_tower(SimpleNamespace(mm_vision_tower="toklipper", mm_vision_select_layer=-1))
 
 
 # bad input ------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def _skip(path: Path) -> bool:
     return path.name == ".git" or (path.is_file() and not any(path.match(p) for p in SOURCES))
 
 
-def run_in(checkout: Path, args: list[str], env: dict | None = None, timeout: int = 600) -> str:
+def run_in(checkout: Path, args: list[str], env: dict | None = None, timeout: int = 1800) -> str:
     result = subprocess.run([sys.executable, *args], cwd=checkout, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, "PYTHONPATH": str(checkout), **(env or {})})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

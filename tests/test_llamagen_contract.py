@@ -227,6 +227,14 @@ def test_odd_cfg_batch_is_refused(toklip):
         model(None, torch.tensor([1, 2, CLASSES]), torch.arange(1))
 
 
+def test_cfg_decode_batch_whose_halves_differ_is_refused(toklip):
+    model = fused_gpt(toklip).eval()
+    model.setup_caches(4, 1 + TOKENS, torch.float32)
+    model(None, torch.tensor([1, 2, CLASSES, CLASSES]), torch.arange(1))
+    with pytest.raises(ValueError, match=r"must be \[x; x\]"):
+        model(random_codes(4, 1), None, torch.tensor([1], dtype=torch.int))
+
+
 def test_decode_before_prefill_position_is_refused(toklip):
     model = fused_gpt(toklip).eval()
     model.setup_caches(1, 1 + TOKENS, torch.float32)

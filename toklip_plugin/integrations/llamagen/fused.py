@@ -82,7 +82,6 @@ class TokLIPTransformer(Transformer):
         _check_compatible(config, toklip)
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        self.fusion_kind = fusion
         self.toklip = CachedTokenEncoder(toklip.encoder, toklip.vq.quantize.codebook())
         self.fusion = FUSIONS[fusion](config.dim, self.toklip.width)
         self.cfg_halves = False  # set at prefill: rows are generate()'s [conditional; null] halves

@@ -142,6 +142,13 @@ def test_multi_round_generation_is_refused_with_a_reason(lmm):
         lmm[0].generate_until_multi_round([])
 
 
+def test_an_unknown_prompt_template_is_named_with_the_known_ones(checkpoints):
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    with pytest.raises(ValueError, match="conv_template='chatml_v9' is not a LLaVA template; known: .*vicuna_v1"):
+        TokLIPLlava(pretrained=str(checkpoints("llama")), device="cpu", conv_template="chatml_v9")
+
+
 def yes_or_no(text: str) -> str:
     words = text.lower().replace(".", " ").replace(",", " ").split()
     return "no" if "no" in words or "not" in words else "yes"

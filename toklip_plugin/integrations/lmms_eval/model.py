@@ -41,13 +41,18 @@ class TokLIPLlava(lmms):
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
         if unused:
             logger.warning("toklip_llava ignores model_args %s", sorted(unused))
-        if int(batch_size) != 1:
+        if str(batch_size) != "1":
             logger.warning("toklip_llava answers one request at a time; batch_size=%s is ignored", batch_size)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._join_accelerate_processes()
         self.tokenizer, self.model, self.image_processor, _ = load_llava_model(
             pretrained, self._device, DTYPES.get(dtype), model_base)
         self.conv_template = conv_template or conversation_mode(self.model)
+        from llava.conversation import conv_templates
+
+        if self.conv_template not in conv_templates:
+            raise ValueError(f"conv_template={self.conv_template!r} is not a LLaVA template; "
+                             f"known: {', '.join(sorted(conv_templates))}")
         self.batch_size_per_gpu = 1
 
     def _join_accelerate_processes(self) -> None:

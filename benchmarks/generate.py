@@ -41,6 +41,8 @@ SETUPS = {
                    tp.resolve_config("toklip-b16").encoder),
     "gpt-b-so400m": Setup("GPT-B + So400m encoder (toklip-s/l)", dict(n_layer=12, n_head=12, dim=768),
                           tp.resolve_config("toklip-s").encoder),
+    "gpt-l-so400m": Setup("GPT-L + So400m encoder (toklip-s/l)", dict(n_layer=24, n_head=16, dim=1024),
+                          tp.resolve_config("toklip-s").encoder),
 }
 
 

@@ -147,6 +147,13 @@ def test_sampling_through_a_fullgraph_compiled_model_gives_the_eager_codes(tokli
     assert torch.equal(eager, compiled)
 
 
+def test_sampling_in_bf16_as_sample_c2i_casts_the_model(toklip):
+    model = fused_gpt(copy.deepcopy(toklip)).to(dtype=torch.bfloat16).eval()
+    codes = generate(model, torch.tensor([1, 4]), 16, cfg_scale=2.5)
+    assert model.toklip.k_cache.dtype == torch.bfloat16
+    assert codes.shape == (2, 16) and 0 <= int(codes.min()) and int(codes.max()) < VOCAB
+
+
 def test_cfg_rows_share_one_encoder_run_without_changing_logits(toklip):
     model = fused_gpt(toklip).eval()
     codes, cond = random_codes(2), torch.tensor([1, 2, CLASSES, CLASSES])  # [cond; null]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["generate", "sample_logits"]
+__all__ = ["generate", "sample_logits", "guided_logits"]
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -33,7 +33,8 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
-def _guided(model, idx, cond_idx, input_pos, cfg_scale: float) -> torch.Tensor:
+def guided_logits(model, idx, cond_idx, input_pos, cfg_scale: float) -> torch.Tensor:
+    """One prefill or decode call; with CFG the ``[cond; uncond]`` halves are mixed."""
     logits, _ = model(idx, cond_idx=cond_idx, input_pos=input_pos)
     if cfg_scale <= 1.0:
         return logits
@@ -52,12 +53,12 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 
                            dtype=model.tok_embeddings.weight.dtype)
     seq = torch.empty((len(cond), max_new_tokens), dtype=torch.int, device=cond.device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    token = sample_logits(_guided(model, None, cond_combined, torch.arange(1, device=cond.device), cfg_scale), **sampling)
+    token = sample_logits(guided_logits(model, None, cond_combined, torch.arange(1, device=cond.device), cfg_scale), **sampling)
     seq[:, :1] = token
     input_pos = torch.tensor([1], device=cond.device, dtype=torch.int)
     for i in range(1, max_new_tokens):
         x = torch.cat([token, token]) if cfg else token
-        token = sample_logits(_guided(model, x, None, input_pos, cfg_scale), **sampling)
+        token = sample_logits(guided_logits(model, x, None, input_pos, cfg_scale), **sampling)
         input_pos += 1  # in place, as upstream: the model must not keep a reference to it
         seq[:, i:i + 1] = token
     return seq

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..factory import create_model, get_tokenizer, resolve_config
 from ..models.toklip import TokLIP
+from ..models.vq import VQModel
 from ..transforms import image_transform
 from .config import LossSection, load_train_config
 from .evaluate import embedding_metrics
@@ -47,16 +51,16 @@ STUDENTS = {
 
 @dataclass(frozen=True)
 class DemoSettings:
-    train_size: int = 3000
-    test_size: int = 600
+    train_size: int = 1600
+    test_size: int = 400
     teacher_steps: int = 600
-    student_steps: int = 500
+    student_steps: int = 400
     batch_size: int = 64
     seed: int = 0
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(train_size=1000, test_size=300, teacher_steps=250, student_steps=200)
+        return cls(train_size=600, test_size=200, teacher_steps=200, student_steps=150)
 
 
 @dataclass
@@ -103,6 +107,91 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips (captions stay true: no left/right in them)."""
     flip = torch.rand(images.shape[0], generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+# the demo's frozen VQ ----------------------------------------------------------------------------
+GROUP_CONST = 100.0
+
+
+@torch.no_grad()
+def patch_statistics_vq(vq: VQModel) -> None:
+    """Set a LlamaGen-layout VQ encoder so that each 16x16 patch's latent holds its mean colour and
+    its top/bottom, left/right and diagonal luminance contrasts.
+
+    No pretrained VQ-16 is reachable offline, and a randomly initialised one maps these images to
+    codes that carry almost no colour or shape (a linear probe is near chance). This deterministic
+    stand-in keeps LlamaGen's architecture and code path (``model.tokenize``): zeroed residual
+    branches make every block an identity, the downsampling convs average, and the last one also
+    takes contrasts; :func:`fit_codebook` then places the codebook on the data.
+    """
+    enc = vq.encoder
+    for p in enc.parameters():
+        p.zero_()
+    rgb = range(3)
+    for c in rgb:
+        enc.conv_in.weight[c, c, 1, 1] = 1.0
+    levels = list(enc.conv_blocks)
+    for level in levels:
+        for block in list(level.res):
+            _identity_shortcut(block)
+    for block in enc.mid:
+        if hasattr(block, "nin_shortcut"):
+            _identity_shortcut(block)
+    for level in levels[:-2]:
+        for c in rgb:
+            level.downsample.conv.weight[c, c, 0:2, 0:2] = 0.25
+    last = levels[-2].downsample.conv.weight  # 2x2 grid of 8x8-pixel means -> patch statistics
+    for c in rgb:
+        last[c, c, 0:2, 0:2] = 0.25
+        last[3, c, 0, 0:2], last[3, c, 1, 0:2] = 1 / 6, -1 / 6
+        last[4, c, 0:2, 0], last[4, c, 0:2, 1] = 1 / 6, -1 / 6
+        last[5, c, 0, 0] = last[5, c, 1, 1] = 1 / 6
+        last[5, c, 0, 1] = last[5, c, 1, 0] = -1 / 6
+    # the last level's 1x1 shortcut spreads feature k to channel 4k, with constants +-C beside it, so
+    # that norm_out (4 channels per group) keeps absolute values instead of normalising them away
+    shortcut = levels[-1].res[0].nin_shortcut
+    shortcut.weight.zero_()
+    shortcut.bias.zero_()
+    for k in range(6):
+        shortcut.weight[4 * k, k, 0, 0] = 1.0
+        shortcut.bias[4 * k + 1], shortcut.bias[4 * k + 2] = GROUP_CONST, -GROUP_CONST
+        enc.norm_out.weight[4 * k] = GROUP_CONST / math.sqrt(2)
+        enc.conv_out.weight[k, 4 * k, 1, 1] = 1.0
+    vq.quant_conv.weight.zero_()
+    vq.quant_conv.bias.zero_()
+    for k in range(6):
+        vq.quant_conv.weight[k, k, 0, 0] = 1.0
+    vq.quant_conv.bias[6] = 0.5
+
+
+def _identity_shortcut(block: nn.Module) -> None:
+    if block.nin_shortcut is not None:
+        n = min(block.nin_shortcut.in_channels, block.nin_shortcut.out_channels)
+        block.nin_shortcut.weight[torch.arange(n), torch.arange(n), 0, 0] = 1.0
+
+
+@torch.no_grad()
+def vq_latents(vq: VQModel, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The VQ's pre-quantisation latents ``[n, C, h, w]`` (one encoder pass, reused for codebook and codes)."""
+    return torch.cat([vq.quant_conv(vq.encoder(chunk)) for chunk in tqdm(images.split(batch_size), desc="VQ encoder",
+                                                                         dynamic_ncols=True)])
+
+
+@torch.no_grad()
+def fit_codebook(vq: VQModel, latents: torch.Tensor, iters: int = 15, seed: int = 0,
+                 max_points: int = 30000) -> None:
+    """Spherical k-means of the l2-normalised latents into the VQ's codebook (what VQ training would learn)."""
+    pts = F.normalize(latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]), dim=-1)
+    g = torch.Generator().manual_seed(seed)
+    pts = pts[torch.randperm(len(pts), generator=g)[:max_points]]
+    k = vq.quantize.n_e
+    centers = pts[torch.randint(len(pts), (k,), generator=g)]
+    for _ in range(iters):
+        assign = (pts @ centers.t()).argmax(1)
+        sums = torch.zeros_like(centers).index_add_(0, assign, pts)
+        counts = torch.bincount(assign, minlength=k)[:, None]
+        centers = torch.where(counts > 0, F.normalize(sums, dim=-1), centers)
+    vq.quantize.embedding.weight.copy_(centers)
 
 
 # caches ------------------------------------------------------------------------------------------
@@ -217,9 +306,13 @@ def run_demo(out: Path, settings: DemoSettings) -> dict[str, dict[str, float]]:
     teacher, teacher_losses = train_teacher(model_config, train, settings)
     paths = {"teacher": out / "teacher.safetensors", "vq": out / "vq.safetensors"}
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(paths["teacher"]))
-    vq_owner = create_model(model_config, seed=settings.seed)  # the students' frozen VQ (same seed)
+    vq_owner = create_model(model_config, seed=settings.seed)  # holds the students' frozen VQ
+    patch_statistics_vq(vq_owner.vq)
+    train_latents = vq_latents(vq_owner.vq, train.images)
+    fit_codebook(vq_owner.vq, train_latents, seed=settings.seed)
     save_file(vq_owner.vq.state_dict(), str(paths["vq"]))
-    train_codes, test_codes = tokenize_all(vq_owner, train.images), tokenize_all(vq_owner, test.images)
+    train_codes = vq_owner.vq.quantize.nearest_codes(train_latents).flatten(1)  # == tokenize(train.images)
+    test_codes = tokenize_all(vq_owner, test.images)
     paths["train_cache"], paths["eval_cache"] = write_caches(out / "cache", train, test, train_codes, test_codes,
                                                              teacher, class_text)
 

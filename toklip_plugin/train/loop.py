@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
-from ..checkpoints import init_from_siglip2, load_vq_checkpoint, safe_load
+from ..checkpoints import init_from_siglip2, load_vq_checkpoint, resolve_weight_file, safe_load
 from ..factory import create_model, get_tokenizer
 from ..models.toklip import TokLIP
 from ..transforms import image_transform
@@ -70,8 +70,11 @@ def init_distributed(device: str = "auto") -> DistEnv:
 def build_student(config: TrainConfig, teacher: Optional[SigLIPTeacher]) -> TokLIP:
     """The TokLIP student: initialised as the config says, frozen parts frozen."""
     model = create_model(config.model_config(), seed=config.run.seed)
-    if config.model.vq_checkpoint:
-        load_vq_checkpoint(model.vq, config.model.vq_checkpoint)
+    vq_source = config.model.vq_checkpoint
+    if vq_source == "released":
+        vq_source = resolve_weight_file(model.config.weights["vq_checkpoint"])
+    if vq_source:
+        load_vq_checkpoint(model.vq, vq_source)
     if config.model.init == "teacher":
         init_from_siglip2(model, teacher.state_dict())
     elif config.model.init:
@@ -137,10 +140,11 @@ class Trainer:
         self.env = env or init_distributed(config.run.device)
         self.eval_fn = eval_fn or (cache_evaluator(config.run.eval_data) if config.run.eval_data else None)
         self.out = Path(config.run.output_dir)
-        torch.manual_seed(config.run.seed + self.env.rank)
         model_config = config.model_config()
-        self.teacher = build_teacher(config.teacher, model_config).to(self.env.device) if config.uses_teacher else None
+        self.teacher = (build_teacher(config.teacher, model_config, config.run.seed).to(self.env.device)
+                        if config.uses_teacher else None)
         self.model = build_student(config, self.teacher).to(self.env.device)
+        torch.manual_seed(config.run.seed + self.env.rank)
         if config.run.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
         self.wrapped = self._wrap(StudentForward(self.model))

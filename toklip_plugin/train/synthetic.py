@@ -20,9 +20,9 @@ from PIL import Image, ImageDraw
 __all__ = ["SHAPES", "COLORS", "Sample", "class_names", "class_prompt", "make_samples",
            "write_shards", "write_csv"]
 
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("square", "triangle", "cross", "bar")
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-          "yellow": (235, 210, 40), "purple": (140, 50, 170), "white": (245, 245, 245)}
+          "yellow": (235, 210, 40), "white": (245, 245, 245)}
 BACKGROUNDS = {"black": (20, 20, 20), "gray": (120, 120, 120), "brown": (110, 80, 50)}
 
 
@@ -43,14 +43,14 @@ def class_prompt(name: str) -> str:
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
     x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
+    w, h = (x1 - x0) // 3, (y1 - y0) // 3
+    if shape == "bar":
+        draw.rectangle((x0, y0 + h, x1, y1 - h), fill=fill)
     elif shape == "square":
         draw.rectangle(box, fill=fill)
     elif shape == "triangle":
         draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=fill)
     else:
-        w, h = (x1 - x0) // 3, (y1 - y0) // 3
         draw.rectangle((x0 + w, y0, x1 - w, y1), fill=fill)
         draw.rectangle((x0, y0 + h, x1, y1 - h), fill=fill)
 
@@ -64,7 +64,7 @@ def _make_one(rng: random.Random, size: int) -> Sample:
     pixels = np.clip(np.array(BACKGROUNDS[background], dtype=np.float64) + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     big = rng.random() < 0.5
-    extent = int(size * (rng.uniform(0.5, 0.7) if big else rng.uniform(0.3, 0.45)))
+    extent = int(size * (rng.uniform(0.6, 0.8) if big else rng.uniform(0.4, 0.55)))
     x0, y0 = rng.randrange(0, size - extent), rng.randrange(0, size - extent)
     jitter = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in COLORS[color])
     _draw_shape(ImageDraw.Draw(image), shape, (x0, y0, x0 + extent, y0 + extent), jitter)

@@ -64,12 +64,12 @@ class SigLIPTeacher(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
 
-def build_teacher(config: TeacherSection, student: TokLIPConfig) -> SigLIPTeacher:
-    """The teacher named in a train config, frozen and in eval mode."""
+def build_teacher(config: TeacherSection, student: TokLIPConfig, seed: int = 0) -> SigLIPTeacher:
+    """The teacher named in a train config, frozen and in eval mode (``seed``: a custom trunk's random init)."""
     if config.open_clip:
         teacher = _from_open_clip(config.open_clip, config.pretrained)
     elif config.timm_kwargs:
-        teacher = build_small_teacher(config.timm_kwargs, student)
+        teacher = build_small_teacher(config.timm_kwargs, student, seed=seed)
         if config.checkpoint:
             load_state_dict_strict(teacher, unwrap_state_dict(safe_load(config.checkpoint)),
                                    f"the teacher built from teacher.timm_kwargs={config.timm_kwargs}")

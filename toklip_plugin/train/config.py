@@ -28,7 +28,8 @@ __all__ = [
 class ModelSection:
     name: str = "toklip-tiny"  # a TokLIP model name, saved directory or config file
     overrides: dict = field(default_factory=dict)  # merged into the model config, e.g. {encoder: {causal: false}}
-    init: Optional[str] = "teacher"  # "teacher" (SigLIP2 weights of the teacher), a state-dict file, or null
+    init: Optional[str] = "teacher"  # token encoder: "teacher" (its SigLIP2 ViT), a state-dict file, or null
+    text_init: Optional[str] = "teacher"  # text tower + logit scale/bias: "teacher", a state-dict file, or null
     vq_checkpoint: Optional[str] = None  # LlamaGen VQ weights, a path or "released"
 
 
@@ -131,7 +132,8 @@ class TrainConfig:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.loss.distill_weight > 0 or self.loss.token_distill_weight > 0 or self.model.init == "teacher"
+        return (self.loss.distill_weight > 0 or self.loss.token_distill_weight > 0
+                or "teacher" in (self.model.init, self.model.text_init))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -208,10 +208,16 @@ def teacher_embeddings(teacher: SigLIPTeacher, images: torch.Tensor, batch_size:
 
 def write_caches(out: Path, train: Split, test: Split, train_codes: torch.Tensor, test_codes: torch.Tensor,
                  teacher: SigLIPTeacher, class_text: torch.Tensor) -> tuple[Path, Path]:
-    """The trainer's ``cache`` data (codes, text, teacher targets) and the held-out evaluation cache."""
+    """The trainer's ``cache`` data and the held-out evaluation cache.
+
+    Everything frozen is computed once here: VQ codes, text embeddings (the students' text tower is
+    the teacher's, copied and frozen) and the teacher's pooled embeddings.
+    """
     out.mkdir(parents=True, exist_ok=True)
     train_path, eval_path = out / "train.safetensors", out / "heldout.safetensors"
-    save_file({"codes": train_codes, "text": train.text,
+    with torch.no_grad():
+        text_emb = torch.cat([teacher.encode_text(chunk) for chunk in train.text.split(256)])
+    save_file({"codes": train_codes, "text": train.text, "text_emb": text_emb,
                "teacher_pooled": teacher_embeddings(teacher, train.images)}, str(train_path))
     save_file({"codes": test_codes, "text": test.text, "labels": test.labels, "caption_ids": test.caption_ids,
                "class_text": class_text}, str(eval_path))

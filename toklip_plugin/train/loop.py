@@ -26,7 +26,8 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm import tqdm
 
-from ..checkpoints import init_from_siglip2, load_vq_checkpoint, resolve_weight_file, safe_load
+from ..checkpoints import (init_from_siglip2, load_state_dict_strict, load_vq_checkpoint, resolve_weight_file,
+                           safe_load, unwrap_state_dict)
 from ..factory import create_model, get_tokenizer
 from ..models.toklip import TokLIP
 from ..transforms import image_transform
@@ -75,10 +76,16 @@ def build_student(config: TrainConfig, teacher: Optional[SigLIPTeacher]) -> TokL
         vq_source = resolve_weight_file(model.config.weights["vq_checkpoint"])
     if vq_source:
         load_vq_checkpoint(model.vq, vq_source)
-    if config.model.init == "teacher":
-        init_from_siglip2(model, teacher.state_dict())
-    elif config.model.init:
-        init_from_siglip2(model, safe_load(config.model.init))
+    if config.model.init:
+        init_from_siglip2(model, _encoder_weights(_init_source(config.model.init, teacher)))
+    if config.model.text_init:
+        state = _init_source(config.model.text_init, teacher)
+        load_state_dict_strict(model.text, {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")},
+                               f"the text tower of {model.config.name} from {config.model.text_init}")
+        with torch.no_grad():
+            for name in ("logit_scale", "logit_bias"):
+                if name in state:
+                    getattr(model, name).copy_(state[name])
     model.requires_grad_(False)
     model.encoder.requires_grad_(True)
     learn_logits = config.loss.contrastive != "none"
@@ -87,8 +94,18 @@ def build_student(config: TrainConfig, teacher: Optional[SigLIPTeacher]) -> TokL
     return model
 
 
+def _init_source(source: str, teacher: Optional[SigLIPTeacher]) -> dict[str, torch.Tensor]:
+    """SigLIP2 weights to initialise from: the teacher's (open_clip layout) or a file's."""
+    return teacher.state_dict() if source == "teacher" else unwrap_state_dict(safe_load(source))
+
+
+def _encoder_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vision part of a SigLIP2 state dict (text and logit weights have their own option, text_init)."""
+    return {k: v for k, v in state.items() if not k.startswith(("text.", "logit_scale", "logit_bias"))}
+
+
 class StudentForward(nn.Module):
-    """What DDP / FSDP wrap: codes + text ids -> (pooled embedding, tokens, frozen text embedding).
+    """What DDP / FSDP wrap, the trainable path: codes -> (pooled embedding, semantic tokens).
 
     ``train()`` keeps the frozen VQ and text tower in eval mode.
     """
@@ -97,11 +114,9 @@ class StudentForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, codes: torch.Tensor, text: torch.Tensor):
+    def forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.model.encode_codes(codes)
-        with torch.no_grad():
-            text_emb = self.model.encode_text(text)
-        return self.model.pool_tokens(tokens), tokens, text_emb
+        return self.model.pool_tokens(tokens), tokens
 
     def train(self, mode: bool = True) -> "StudentForward":
         super().train(mode)
@@ -156,8 +171,6 @@ class Trainer:
             self.optimizer, lambda s: cosine_with_warmup(s, optim.warmup_steps, optim.steps))
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=config.run.precision == "fp16")
         self.step, self.skipped = 0, 0
-        self.transform = image_transform(model_config.image_size)
-        self.tokenizer = get_tokenizer(model_config)
 
     # setup -------------------------------------------------------------------------------------
     def _wrap(self, module: nn.Module) -> nn.Module:
@@ -184,8 +197,12 @@ class Trainer:
 
     def _loader(self) -> Iterator[dict[str, torch.Tensor]]:
         position = StreamPosition(self.env.rank, self.env.world_size, self.step * self.config.optim.accum_steps)
-        return iter(build_loader(self.config.data, self.transform, self.tokenizer, self.local_batch_size,
-                                 position, self.config.run.seed))
+        model_config = self.model.config
+        images = self.config.data.kind != "cache"  # a cache holds tensors: no image decoding, no tokenizer
+        transform = image_transform(model_config.image_size) if images else None
+        tokenizer = get_tokenizer(model_config) if images else None
+        return iter(build_loader(self.config.data, transform, tokenizer, self.local_batch_size, position,
+                                 self.config.run.seed))
 
     # checkpoints -------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -234,17 +251,22 @@ class Trainer:
             dist.barrier()
 
     # one optimisation step ---------------------------------------------------------------------
-    def _targets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Codes and teacher targets, from the batch when cached there, else computed (frozen, no grad)."""
+    @torch.no_grad()
+    def _frozen_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+        """Codes, text embedding and teacher targets: taken from the batch when cached there
+        (``codes``, ``text_emb``, ``teacher_pooled``, ``teacher_tokens``), else computed by the frozen parts."""
         cfg = self.config.loss
-        codes = batch["codes"] if "codes" in batch else self.model.tokenize(batch["images"])
-        teacher_emb, teacher_tokens = batch.get("teacher_pooled"), batch.get("teacher_tokens")
-        need_emb = cfg.distill_weight > 0 and teacher_emb is None
-        need_tokens = cfg.token_distill_weight > 0 and teacher_tokens is None
-        if need_emb or need_tokens:
-            with torch.no_grad(), self._autocast():
-                teacher_emb, teacher_tokens = self.teacher.image_features(batch["images"])
-        return codes, teacher_emb, teacher_tokens
+        out = {"codes": batch.get("codes"), "text_emb": batch.get("text_emb"),
+               "teacher_emb": batch.get("teacher_pooled"), "teacher_tokens": batch.get("teacher_tokens")}
+        if out["codes"] is None:
+            out["codes"] = self.model.tokenize(batch["images"])
+        with self._autocast():
+            if out["text_emb"] is None:
+                out["text_emb"] = self.model.encode_text(batch["text"])
+            if ((cfg.distill_weight > 0 and out["teacher_emb"] is None)
+                    or (cfg.token_distill_weight > 0 and out["teacher_tokens"] is None)):
+                out["teacher_emb"], out["teacher_tokens"] = self.teacher.image_features(batch["images"])
+        return out
 
     def _autocast(self):
         dtype = _AMP_DTYPES.get(self.config.run.precision)
@@ -256,12 +278,12 @@ class Trainer:
         for micro in range(accum):
             batch = {k: v.to(self.env.device, non_blocking=True) for k, v in next(batches).items()}
             self.skipped += int(batch.pop("skipped"))
-            codes, teacher_emb, teacher_tokens = self._targets(batch)
+            frozen = self._frozen_inputs(batch)
             sync = micro == accum - 1 or not hasattr(self.wrapped, "no_sync")
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
-                pooled, tokens, text_emb = self.wrapped(codes, batch["text"])
-                terms = self.loss(pooled, text_emb, self.model.logit_scale, self.model.logit_bias,
-                                  tokens, teacher_emb, teacher_tokens)
+                pooled, tokens = self.wrapped(frozen["codes"])
+                terms = self.loss(pooled, frozen["text_emb"], self.model.logit_scale, self.model.logit_bias,
+                                  tokens, frozen["teacher_emb"], frozen["teacher_tokens"])
             self.scaler.scale(terms["total"] / accum).backward()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / accum

@@ -162,10 +162,12 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, code_
     assert all(abs(resumed[s] - expected[s]) <= 1e-6 for s in resumed)
 
 
-def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, code_cache):
-    common = ["optim.steps=4", "run.save_every=4", "optim.batch_size=8", "optim.warmup_steps=1"]
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, code_cache, engine):
+    # a small lr: Adam turns reduction-order noise in near-zero gradients into steps of up to lr
+    common = ["optim.steps=4", "run.save_every=4", "optim.batch_size=8", "optim.warmup_steps=1", "optim.lr=1e-4"]
     single = _run_cli(_cache_args(code_cache, tmp_path / "one", *common))
-    double = _run_cli(_cache_args(code_cache, tmp_path / "two", *common), nproc=2)
+    double = _run_cli(_cache_args(code_cache, tmp_path / "two", *common, f"run.distributed={engine}"), nproc=2)
     _finish(single)
     _finish(double)
     one = load_checkpoint(latest_checkpoint(tmp_path / "one" / "checkpoints"))

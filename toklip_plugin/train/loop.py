@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
 from tqdm import tqdm
 
 from ..checkpoints import (init_from_siglip2, load_state_dict_strict, load_vq_checkpoint, resolve_weight_file,
@@ -162,6 +163,7 @@ class Trainer:
         torch.manual_seed(config.run.seed + self.env.rank)
         if config.run.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
+        self._replicated: list[nn.Parameter] = []  # parameters outside FSDP's sharding (see _wrap)
         self.wrapped = self._wrap(StudentForward(self.model))
         self.loss = TokLIPLoss(config.loss, self.env.rank, self.env.world_size)
         optim = config.optim
@@ -183,8 +185,19 @@ class Trainer:
         from torch.distributed.fsdp import FullyShardedDataParallel
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+        # FSDP shards the token encoder; the frozen VQ / text tower and the scalar logit parameters
+        # (FSDP cannot shard 0-d tensors) stay whole on every rank, their gradients averaged by hand.
+        model = module.model
+        ignored = [*model.vq.parameters(), *model.text.parameters(), model.logit_scale, model.logit_bias]
+        self._replicated = [p for p in (model.logit_scale, model.logit_bias) if p.requires_grad]
         return FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy({Block}), use_orig_params=True,
-                                        device_id=self.env.device if device_ids else None)
+                                        ignored_states=ignored, device_id=self.env.device)
+
+    def _average_replicated_grads(self) -> None:
+        for param in self._replicated:
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad /= self.env.world_size
 
     @property
     def local_batch_size(self) -> int:
@@ -287,6 +300,7 @@ class Trainer:
             self.scaler.scale(terms["total"] / accum).backward()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / accum
+        self._average_replicated_grads()
         self.scaler.unscale_(self.optimizer)
         if self.config.optim.grad_clip:
             totals["grad_norm"] = self._clip(self.config.optim.grad_clip)
@@ -299,10 +313,20 @@ class Trainer:
         return self._mean_over_ranks(totals)
 
     def _clip(self, max_norm: float) -> float:
-        if hasattr(self.wrapped, "clip_grad_norm_"):  # FSDP computes the norm over shards
-            return float(self.wrapped.clip_grad_norm_(max_norm))
-        params = [p for p in self.wrapped.parameters() if p.grad is not None]
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        """Clip the global gradient norm: over shards summed across ranks under FSDP, plus the replicated
+        parameters counted once, so that it equals the norm of a single process."""
+        replicated = {id(p) for p in self._replicated}
+        params = [p for p in self.wrapped.parameters() if p.grad is not None and id(p) not in replicated]
+        if not self._replicated:  # DDP / one process: every rank holds the whole, averaged gradient
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        sharded = torch.stack([p.grad.float().pow(2).sum() for p in params]).sum()
+        dist.all_reduce(sharded)
+        total = sharded + sum(p.grad.float().pow(2).sum() for p in self._replicated if p.grad is not None)
+        norm = total.sqrt()
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for p in params + [p for p in self._replicated if p.grad is not None]:
+            p.grad.mul_(scale)
+        return float(norm)
 
     def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
         if self.env.world_size == 1:
@@ -343,13 +367,23 @@ class Trainer:
                 self.save()
         bar.close()
         skipped = self._total_skipped()
+        self.export(self.out / "export")
         if logger:
             logger.close()
-            export_model(self.model, self.out / "export")
             print(f"[toklip-train] step {self.step}: exported to {self.out / 'export'}; "
                   f"{skipped} samples skipped because they failed to decode")
         self._barrier()
         return metrics
+
+    def export(self, directory: Path) -> None:
+        """Gather the full student (sharded or not) and write it in our and the released layout (rank 0)."""
+        state = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.env.is_main:
+            student = create_model(self.model.config)
+            load_state_dict_strict(student, {k.removeprefix("model."): v for k, v in state.items()},
+                                   "the trained student")
+            export_model(student, directory)
+        self._barrier()
 
     def _total_skipped(self) -> int:
         """Samples skipped by all ranks so far (a collective: every rank calls it)."""

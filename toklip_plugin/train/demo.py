@@ -51,9 +51,9 @@ STUDENTS = {
 
 @dataclass(frozen=True)
 class DemoSettings:
-    train_size: int = 1600
+    train_size: int = 2000
     test_size: int = 400
-    teacher_steps: int = 600
+    teacher_steps: int = 1200
     student_steps: int = 400
     batch_size: int = 64
     seed: int = 0

@@ -230,7 +230,7 @@ def train_student(overrides: list[str], run_dir: Path, paths: dict[str, Path], s
         "data.kind=cache", f"data.train={paths['train_cache']}", f"teacher.checkpoint={paths['teacher']}",
         f"model.vq_checkpoint={paths['vq']}", f"run.output_dir={run_dir}", f"run.eval_data={paths['eval_cache']}",
         f"run.eval_every={settings.student_steps // 4}", f"run.save_every={settings.student_steps}",
-        f"run.log_every=5", f"run.seed={settings.seed}", f"optim.steps={settings.student_steps}",
+        "run.log_every=5", f"run.seed={settings.seed}", f"optim.steps={settings.student_steps}",
         f"optim.batch_size={settings.batch_size}", "optim.lr=1e-3", "optim.warmup_steps=20",
         "optim.weight_decay=0.05", "run.keep_last=1", *overrides])
     trainer = Trainer(config)

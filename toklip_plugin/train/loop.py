@@ -165,6 +165,9 @@ class Trainer:
             self.model.encoder.set_grad_checkpointing(True)
         self._replicated: list[nn.Parameter] = []  # parameters outside FSDP's sharding (see _wrap)
         self.wrapped = self._wrap(StudentForward(self.model))
+        if self.eval_fn and config.run.eval_every and self.sharded:
+            raise ValueError("run.eval_every evaluates the whole student on rank 0, but FSDP shards it; evaluate "
+                             "the exported checkpoints instead (run.eval_every=0), or use run.distributed=ddp")
         self.loss = TokLIPLoss(config.loss, self.env.rank, self.env.world_size)
         optim = config.optim
         self.optimizer = torch.optim.AdamW(_param_groups(self.wrapped, optim.weight_decay), lr=optim.lr,
@@ -175,6 +178,11 @@ class Trainer:
         self.step, self.skipped = 0, 0
 
     # setup -------------------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        """Whether FSDP shards the student's parameters over the ranks."""
+        return self.env.world_size > 1 and self.config.run.distributed == "fsdp"
+
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.env.world_size == 1:
             return module
@@ -317,7 +325,7 @@ class Trainer:
         parameters counted once, so that it equals the norm of a single process."""
         replicated = {id(p) for p in self._replicated}
         params = [p for p in self.wrapped.parameters() if p.grad is not None and id(p) not in replicated]
-        if not self._replicated:  # DDP / one process: every rank holds the whole, averaged gradient
+        if not self.sharded:  # DDP / one process: every rank holds the whole, averaged gradient
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         sharded = torch.stack([p.grad.float().pow(2).sum() for p in params]).sum()
         dist.all_reduce(sharded)

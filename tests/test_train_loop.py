@@ -181,3 +181,26 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_pat
     final = {k.removeprefix("model."): v for k, v in one["model"].items()}  # keys of the wrapped student
     moved = [k for k in final if k.startswith("encoder.") and not torch.allclose(final[k], initial[k])]
     assert moved, "training did not change the parameters, so the comparison would prove nothing"
+
+
+def _train_in_process(code_cache: Path, out: Path, *overrides: str) -> Trainer:
+    trainer = Trainer(load_train_config("toklip-tiny", _cache_args(code_cache, out, "optim.steps=3",
+                                                                   "run.save_every=3", *overrides)))
+    trainer.fit()
+    return trainer
+
+
+def test_gradient_accumulation_matches_the_full_batch_for_a_per_sample_loss(tmp_path, code_cache):
+    """Distillation is a mean over samples, so 2 micro-batches of 4 must give the batch-of-8 step."""
+    distill_only = ("loss.contrastive=none", "optim.batch_size=8", "optim.lr=1e-4")
+    full = _train_in_process(code_cache, tmp_path / "full", *distill_only)
+    accumulated = _train_in_process(code_cache, tmp_path / "accum", *distill_only, "optim.accum_steps=2")
+    for (name, a), b in zip(full.model.encoder.state_dict().items(), accumulated.model.encoder.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_autocast_with_gradient_checkpointing_trains(tmp_path, code_cache):
+    trainer = _train_in_process(code_cache, tmp_path / "bf16", "run.precision=bf16", "run.grad_checkpointing=true")
+    assert trainer.model.encoder.grad_checkpointing
+    assert all(torch.isfinite(p).all() for p in trainer.model.encoder.parameters())
+    assert trainer.step == 3

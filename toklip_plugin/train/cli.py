@@ -29,7 +29,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
-    config = load_train_config(args.config, args.overrides)
+    try:
+        config = load_train_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as err:  # a config mistake: say what, without a traceback
+        raise SystemExit(f"toklip-train: {err}") from None
     if args.print_config:
         import yaml
 

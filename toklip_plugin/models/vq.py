@@ -202,7 +202,12 @@ class VectorQuantizer(nn.Module):
 
 
 class VQModel(nn.Module):
-    """LlamaGen's ``VQModel``: ``encode`` / ``decode`` / ``decode_code`` plus ``tokenize``."""
+    """LlamaGen's ``VQModel``: ``encode`` / ``decode`` / ``decode_code`` plus ``tokenize``.
+
+    Activations run channels-last: the convolutions dominate TokLIP's encode time and oneDNN /
+    cuDNN run them faster in that layout (benchmarks/run.py). Weights keep the default layout,
+    so state dicts stay contiguous for safetensors and LlamaGen.
+    """
 
     def __init__(self, config: VQConfig = VQConfig()):
         super().__init__()
@@ -213,15 +218,19 @@ class VQModel(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.codebook_embed_dim, config.z_channels, 1)
 
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] ``[B, 3, H, W]`` -> pre-quantisation latent ``[B, C, H/ds, W/ds]``."""
+        return self.quant_conv(self.encoder(x.contiguous(memory_format=torch.channels_last)))
+
     def encode(self, x: torch.Tensor):
-        return self.quantize(self.quant_conv(self.encoder(x)))
+        return self.quantize(self.latent(x))
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] ``[B, 3, H, W]`` -> codes ``[B, (H/ds)*(W/ds)]`` in raster order."""
-        return self.quantize.nearest_codes(self.quant_conv(self.encoder(x))).flatten(1)
+        return self.quantize.nearest_codes(self.latent(x)).flatten(1)
 
     def decode(self, quant: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(quant))
+        return self.decoder(self.post_quant_conv(quant.contiguous(memory_format=torch.channels_last)))
 
     def decode_code(self, code_b: torch.Tensor, shape=None, channel_first: bool = True) -> torch.Tensor:
         return self.decode(self.quantize.get_codebook_entry(code_b, shape, channel_first))

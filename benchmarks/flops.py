@@ -23,11 +23,11 @@ def counted_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def encode_flops(name: str) -> dict[str, float]:
+def encode_flops(name: str, device: str = "cpu") -> dict[str, float]:
     """GFLOPs of one image through the frozen VQ encoder and through the token encoder + pool."""
     config = tp.resolve_config(name)
-    model = tp.create_model(config, seed=0).eval().requires_grad_(False)
-    image = torch.rand(1, 3, config.image_size, config.image_size) * 2 - 1
+    model = tp.create_model(config, seed=0).to(device).eval().requires_grad_(False)
+    image = torch.rand(1, 3, config.image_size, config.image_size, device=device) * 2 - 1
     codes = model.tokenize(image)
     return {"vq_gflops": counted_flops(lambda: model.tokenize(image)) / 1e9,
             "encoder_gflops": counted_flops(lambda: model.pool_tokens(model.encode_codes(codes))) / 1e9}

@@ -78,18 +78,28 @@ def toklip_for(encoder: EncoderConfig, tokens: int) -> tp.TokLIP:
 @torch.no_grad()
 def step_seconds(model: Transformer, batch: int, tokens: int, steps: int) -> float:
     """Mean seconds of one CFG decode step (call, mix, sample) over evenly spaced positions."""
-    cond = torch.cat([torch.arange(batch) % CLASSES, torch.full((batch,), CLASSES)])
-    model.setup_caches(2 * batch, 1 + tokens, torch.float32)
-    guided_logits(model, None, cond, torch.arange(1), CFG)
-    x = torch.randint(0, VOCAB, (batch, 1))
+    device = model.tok_embeddings.weight.device
+    cond = torch.cat([torch.arange(batch) % CLASSES, torch.full((batch,), CLASSES)]).to(device)
+    with device:
+        model.setup_caches(2 * batch, 1 + tokens, model.tok_embeddings.weight.dtype)
+    guided_logits(model, None, cond, torch.arange(1, device=device), CFG)
+    x = torch.randint(0, VOCAB, (batch, 1), device=device)
+    _sync(device)
     start = time.perf_counter()
     for i in range(steps):
-        input_pos = torch.tensor([1 + int((tokens - 1) * (i + 0.5) / steps)], dtype=torch.int)
+        input_pos = torch.tensor([1 + int((tokens - 1) * (i + 0.5) / steps)], dtype=torch.int, device=device)
         x = sample_logits(guided_logits(model, torch.cat([x, x]), None, input_pos, CFG))
+    _sync(device)
     return (time.perf_counter() - start) / steps
 
 
-def bench(setup: Setup, tokens: int, batch: int, steps: int, repeats: int) -> dict[str, float]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(setup: Setup, tokens: int, batch: int, steps: int, repeats: int, device: str = "cpu",
+          dtype: torch.dtype = torch.float32) -> dict[str, float]:
     kwargs = dict(vocab_size=VOCAB, block_size=tokens, num_classes=CLASSES, **setup.gpt)
     torch.manual_seed(0)
     toklip = toklip_for(setup.encoder, tokens)
@@ -98,6 +108,7 @@ def bench(setup: Setup, tokens: int, batch: int, steps: int, repeats: int) -> di
         "cached": TokLIPTransformer(model_args("GPT-B", **kwargs), toklip).eval(),
         "reencode": ReencodingTransformer(model_args("GPT-B", **kwargs), toklip).eval(),
     }
+    models = {name: model.to(device, dtype) for name, model in models.items()}
     for model in models.values():
         step_seconds(model, batch, tokens, 2)  # warm-up
     best = {name: float("inf") for name in models}

@@ -1,0 +1,168 @@
+"""Every benchmark in one run: our path and its baseline side by side, with their ratio.
+
+    python benchmarks/run.py                 # CPU: toklip-tiny and toklip-b16, a few minutes
+    python benchmarks/run.py --quick         # toklip-tiny only
+    python benchmarks/run.py --device cuda --gpu   # the full-size set that benchmarks/gpu.sh runs
+
+Workloads: tokenizer encode (fused causal SDPA vs the original explicit-mask path vs LLaVA's
+CLIP tower of the same width and token count), a training step (with and without gradient
+checkpointing, fp32 and bf16), LlamaGen sampling (fused GPT with the KV-cached encoder vs
+plain sampling vs re-encoding the prefix), and model FLOPs per image against the measured
+matmul rate. The table is printed last; ``--json`` also writes the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import encode  # noqa: E402
+import flops  # noqa: E402
+from common import print_table  # noqa: E402
+
+
+@dataclass
+class Row:
+    workload: str
+    ours: str
+    baseline: str
+    ours_value: float
+    baseline_value: float
+    unit: str
+    better: str = "higher"  # which direction of ours/baseline is good; "" for a plain measurement
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_value / self.baseline_value
+
+
+def encode_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
+    s = encode.measure(name, batch, repeats, device, dtype)
+    per_s = lambda path: batch / (s["vq"] + s[path])
+    return [
+        Row(f"encode {name} b{batch}", "fused causal", "explicit -inf mask", per_s("fused"), per_s("explicit"), "img/s"),
+        Row(f"token encoder {name} b{batch}", "fused causal", "explicit -inf mask", batch / s["fused"],
+            batch / s["explicit"], "img/s"),
+        Row(f"token encoder {name} b{batch}", "fused causal", "bidirectional", batch / s["fused"],
+            batch / s["bidirectional"], "img/s"),
+    ]
+
+
+def llava_rows(name: str, batch: int, repeats: int) -> list[Row]:
+    import llava_tower
+
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+        (_, _, _, _, _, tower), (_, _, _, _, _, encoder), (_, _, _, _, _, clip) = llava_tower.measure(
+            name, batch, repeats, Path(folder))
+    return [Row(f"LLaVA tower {name} b{batch}", "TokLIP tower", "LLaVA CLIP tower", tower, clip, "img/s"),
+            Row(f"LLaVA tower {name} b{batch}", "TokLIP codes given", "LLaVA CLIP tower", encoder, clip, "img/s")]
+
+
+def train_step(name: str, checkpointing: bool, precision: str, steps: int, device: str) -> dict:
+    """One ``benchmarks/train_step.py`` measurement in its own process (peak memory is per process)."""
+    cmd = [sys.executable, str(HERE / "train_step.py"), "--one", name, str(int(checkpointing)), "--steps", str(steps),
+           "--device", device, "--precision", precision]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def train_rows(name: str, steps: int, device: str) -> list[Row]:
+    base = train_step(name, False, "fp32", steps, device)
+    ckpt = train_step(name, True, "fp32", steps, device)
+    bf16 = train_step(name, False, "bf16", steps, device)
+    label = f"train step {name} b{base['batch']}"
+    return [
+        Row(label, "grad checkpointing", "no checkpointing", ckpt["images_per_s"], base["images_per_s"], "img/s"),
+        Row(label, "grad checkpointing", "no checkpointing", ckpt["peak_mib"], base["peak_mib"], "MiB", "lower"),
+        Row(label, "bf16 autocast", "fp32", bf16["images_per_s"], base["images_per_s"], "img/s"),
+        Row(label, "frozen teacher alone", "whole step", base["teacher_share"], 1.0, "share", ""),
+    ]
+
+
+def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
+    import generate
+
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)  # per-token matmuls gain little from threads; see generate.py
+    try:
+        r = generate.bench(generate.SETUPS[setup], tokens, 1, steps, repeats, device, dtype)
+    finally:
+        torch.set_num_threads(threads)
+    label = f"sample {generate.SETUPS[setup].name} {tokens} tok"
+    return [Row(label, "fused + KV-cached encoder", "plain LlamaGen", r["cached"], r["plain"], "codes/s"),
+            Row(label, "fused + KV-cached encoder", "fused, prefix re-encode", r["cached"], r["reencode"], "codes/s")]
+
+
+def flops_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
+    f = flops.encode_flops(name, device)
+    s = encode.measure(name, batch, repeats, device, dtype)
+    achieved = batch * (f["vq_gflops"] + f["encoder_gflops"]) / (s["vq"] + s["fused"])
+    peak = flops.matmul_gflops(device, dtype)
+    return [Row(f"GFLOPs/img {name}", "token encoder", "frozen VQ encoder", f["encoder_gflops"], f["vq_gflops"],
+                "GFLOP", ""),
+            Row(f"encode {name} b{batch}", "achieved GFLOP/s", "measured matmul GFLOP/s", achieved, peak, "GFLOP/s")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="toklip-tiny only")
+    parser.add_argument("--gpu", action="store_true", help="full-size models (toklip-l, GPT-B at 576 tokens)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["encode", "llava", "train", "generate", "flops"])
+    args = parser.parse_args()
+
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    if args.gpu:
+        plan = {"encode": [("toklip-l", 64)], "llava": [], "train": ["toklip-l"],
+                "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)]}
+    elif args.quick:
+        plan = {"encode": [("toklip-tiny", 8)], "llava": [("toklip-tiny", 4)], "train": ["toklip-tiny"],
+                "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)]}
+    else:
+        plan = {"encode": [("toklip-tiny", 8), ("toklip-b16", 8)], "llava": [("toklip-tiny", 4), ("toklip-b16", 4)],
+                "train": ["toklip-tiny", "toklip-b16"], "generate": [("tiny", 256), ("gpt-b", 256), ("gpt-b", 576)],
+                "flops": [("toklip-tiny", 8), ("toklip-b16", 8)]}
+    rows: list[Row] = []
+    runners = {
+        "encode": lambda item: encode_rows(*item, args.repeats, args.device, dtype),
+        "llava": lambda item: llava_rows(*item, args.repeats),
+        "train": lambda name: train_rows(name, args.repeats, args.device),
+        "generate": lambda item: generate_rows(*item, 16, args.repeats, args.device, dtype),
+        "flops": lambda item: flops_rows(*item, args.repeats, args.device, dtype),
+    }
+    for workload, items in plan.items():
+        if workload in args.skip:
+            continue
+        for item in items:
+            print(f"running {workload} {item} ...", file=sys.stderr, flush=True)
+            rows.extend(runners[workload](item))
+
+    env = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "dtype": str(dtype),
+           "machine": platform.processor() or platform.machine(), "git": _git_commit()}
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]}, indent=2))
+    print(", ".join(f"{k} {v}" for k, v in env.items()))
+    print_table(["workload", "ours", "baseline", "ours value", "baseline value", "unit", "ours/baseline", "better"],
+                [[r.workload, r.ours, r.baseline, r.ours_value, r.baseline_value, r.unit, r.ratio, r.better]
+                 for r in rows])
+
+
+def _git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    main()

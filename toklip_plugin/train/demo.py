@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..evaluation.features import plot_tsne
 from ..factory import create_model, get_tokenizer, resolve_config
 from ..models.toklip import TokLIP
 from ..models.vq import VQModel
@@ -272,29 +273,6 @@ def plot_losses(path: Path, teacher_losses: list[float], run_dirs: dict[str, Pat
     plt.close(fig)
 
 
-def plot_tsne(path: Path, teacher_emb: torch.Tensor, student_emb: torch.Tensor, labels: torch.Tensor,
-              seed: int, limit: int = 300) -> None:
-    """The paper's Figure 3: t-SNE of teacher and student image embeddings in one map."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
-    n = min(limit, len(labels))
-    points = torch.nn.functional.normalize(torch.cat([teacher_emb[:n], student_emb[:n]]), dim=-1).numpy()
-    xy = TSNE(n_components=2, perplexity=30, init="pca", random_state=seed).fit_transform(points)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for part, marker, name in ((slice(0, n), "o", "teacher"), (slice(n, 2 * n), "x", "TokLIP student")):
-        ax.scatter(xy[part, 0], xy[part, 1], c=labels[:n].numpy(), cmap="tab20", marker=marker, s=18,
-                   label=name, alpha=0.8)
-    ax.set(title="t-SNE of held-out image embeddings (colour = class)", xticks=[], yticks=[])
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # main ----------------------------------------------------------------------------------------------
 def run_demo(out: Path, settings: DemoSettings) -> dict[str, dict[str, float]]:
     start = time.perf_counter()
@@ -340,7 +318,10 @@ def run_demo(out: Path, settings: DemoSettings) -> dict[str, dict[str, float]]:
 
     plot_losses(out / "loss_curves.png", teacher_losses, run_dirs)
     main_student = next(iter(STUDENTS))
-    plot_tsne(out / "tsne_student_vs_teacher.png", teacher_test, student_test[main_student], test.labels, settings.seed)
+    shown = slice(0, 300)  # the paper's Figure 3: t-SNE of teacher and student image embeddings
+    plot_tsne({"teacher": teacher_test[shown], "TokLIP student": student_test[main_student][shown]},
+              test.labels[shown], out / "tsne_student_vs_teacher.png", names=("teacher", "TokLIP student"),
+              seed=settings.seed)
     table = format_table(rows, 1 / len(class_names()))
     (out / "results.txt").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2))

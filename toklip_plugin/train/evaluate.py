@@ -9,35 +9,25 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from ..evaluation.metrics import retrieval_recall, zero_shot_accuracy
 from ..models.toklip import TokLIP
 
-__all__ = ["zero_shot_top1", "retrieval_r1", "embedding_metrics", "cache_evaluator", "EVAL_CACHE_KEYS"]
+__all__ = ["embedding_metrics", "cache_evaluator", "EVAL_CACHE_KEYS"]
 
 # tensors an evaluation cache file holds (see cache_evaluator)
 EVAL_CACHE_KEYS = ("codes", "text", "labels", "caption_ids", "class_text")
 
 
-def zero_shot_top1(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of images whose most similar class prompt is their label."""
-    scores = F.normalize(image_emb, dim=-1) @ F.normalize(class_emb, dim=-1).t()
-    return (scores.argmax(dim=1) == labels).float().mean().item()
-
-
-def retrieval_r1(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_ids: torch.Tensor) -> dict[str, float]:
-    """Text->image and image->text recall@1 over paired embeddings (row i of each is pair i)."""
-    sim = F.normalize(text_emb, dim=-1) @ F.normalize(image_emb, dim=-1).t()  # [texts, images]
-    t2i = (caption_ids[sim.argmax(dim=1)] == caption_ids).float().mean().item()
-    i2t = (caption_ids[sim.argmax(dim=0)] == caption_ids).float().mean().item()
-    return {"t2i_r1": t2i, "i2t_r1": i2t}
-
-
 def embedding_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, class_emb: torch.Tensor,
                       labels: torch.Tensor, caption_ids: torch.Tensor) -> dict[str, float]:
-    return {"zeroshot_top1": zero_shot_top1(image_emb, class_emb, labels),
-            **retrieval_r1(image_emb, text_emb, caption_ids)}
+    """Zero-shot top-1 and both retrieval R@1 (row i of ``image_emb`` and ``text_emb`` is pair i), scored by
+    :mod:`toklip_plugin.evaluation.metrics`: a text is correct for every image that carries its caption."""
+    positives = caption_ids[:, None] == caption_ids[None, :]  # [texts, images]
+    recall = retrieval_recall(image_emb, text_emb, positives, ks=(1,))
+    return {"zeroshot_top1": zero_shot_accuracy(image_emb, class_emb, labels, topk=(1,))["top1"],
+            "t2i_r1": recall["t2i_r1"], "i2t_r1": recall["i2t_r1"]}
 
 
 def cache_evaluator(path: str | Path, batch_size: int = 256) -> Callable[[TokLIP], dict[str, float]]:

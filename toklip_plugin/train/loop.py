@@ -294,11 +294,13 @@ class Trainer:
         return torch.autocast(self.env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def train_step(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over ``accum_steps`` micro-batches; the metrics reach the host once, at the end."""
         accum = self.config.optim.accum_steps
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(accum):
-            batch = {k: v.to(self.env.device, non_blocking=True) for k, v in next(batches).items()}
-            self.skipped += int(batch.pop("skipped"))
+            batch = next(batches)
+            self.skipped += int(batch.pop("skipped"))  # still on the host: no device sync
+            batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
             frozen = self._frozen_inputs(batch)
             sync = micro == accum - 1 or not hasattr(self.wrapped, "no_sync")
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
@@ -306,8 +308,8 @@ class Trainer:
                 terms = self.loss(pooled, frozen["text_emb"], self.model.logit_scale, self.model.logit_bias,
                                   tokens, frozen["teacher_emb"], frozen["teacher_tokens"])
             self.scaler.scale(terms["total"] / accum).backward()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + value.item() / accum
+            for name, value in terms.items():  # float64, as Python floats would sum them
+                totals[name] = totals.get(name, 0.0) + value.detach().double() / accum
         self._average_replicated_grads()
         self.scaler.unscale_(self.optimizer)
         if self.config.optim.grad_clip:
@@ -315,18 +317,18 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        totals["lr"] = self.scheduler.get_last_lr()[0]
+        lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        return self._mean_over_ranks(totals)
+        return {**self._to_host(totals), "lr": lr}
 
-    def _clip(self, max_norm: float) -> float:
+    def _clip(self, max_norm: float) -> torch.Tensor:
         """Clip the global gradient norm: over shards summed across ranks under FSDP, plus the replicated
         parameters counted once, so that it equals the norm of a single process."""
         replicated = {id(p) for p in self._replicated}
         params = [p for p in self.wrapped.parameters() if p.grad is not None and id(p) not in replicated]
         if not self.sharded:  # DDP / one process: every rank holds the whole, averaged gradient
-            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
         sharded = torch.stack([p.grad.float().pow(2).sum() for p in params]).sum()
         dist.all_reduce(sharded)
         total = sharded + sum(p.grad.float().pow(2).sum() for p in self._replicated if p.grad is not None)
@@ -334,15 +336,18 @@ class Trainer:
         scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for p in params + [p for p in self._replicated if p.grad is not None]:
             p.grad.mul_(scale)
-        return float(norm)
+        return norm
 
-    def _mean_over_ranks(self, values: dict[str, float]) -> dict[str, float]:
-        if self.env.world_size == 1:
-            return values
+    def _to_host(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Means over ranks of the step's metrics, plus ``skipped_total`` (the samples every rank skipped so
+        far), reduced in one collective and copied to the host in one transfer: the step's only sync."""
         keys = sorted(values)
-        tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.env.device)
-        dist.all_reduce(tensor)
-        return {k: v / self.env.world_size for k, v in zip(keys, tensor.tolist())}
+        stacked = torch.stack([values[k].double() for k in keys]
+                              + [torch.tensor(float(self.skipped), dtype=torch.float64, device=self.env.device)])
+        if self.env.world_size > 1:
+            dist.all_reduce(stacked)
+        *sums, skipped = stacked.tolist()
+        return {**{k: v / self.env.world_size for k, v in zip(keys, sums)}, "skipped_total": int(skipped)}
 
     # the run -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -363,7 +368,6 @@ class Trainer:
             start = time.perf_counter()
             metrics = self.train_step(batches)
             metrics["images_per_s"] = images_per_step / (time.perf_counter() - start)
-            metrics["skipped_total"] = self._total_skipped()
             if self.eval_fn and run.eval_every and self.step % run.eval_every == 0 and self.env.is_main:
                 metrics.update(self.eval_fn(self.model))
             if logger and (self.step % run.log_every == 0 or self.step == self.config.optim.steps):

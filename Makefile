@@ -21,6 +21,7 @@ $(VENV)/.core: $(VENV)/bin/python pyproject.toml constraints/ci.txt
 $(VENV)/.all: $(VENV)/.core
 	$(PIP) install -q $(PINS) --no-deps llava-torch
 	$(PIP) install -q $(PINS) -e ".[train,llava,lmms,eval,test]"
+	$(VENV)/bin/toklip-patch llava
 	touch $@
 
 setup-core: $(VENV)/.core

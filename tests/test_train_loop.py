@@ -204,3 +204,20 @@ def test_bf16_autocast_with_gradient_checkpointing_trains(tmp_path, code_cache):
     assert trainer.model.encoder.grad_checkpointing
     assert all(torch.isfinite(p).all() for p in trainer.model.encoder.parameters())
     assert trainer.step == 3
+
+
+def test_the_text_cache_gives_the_uncached_losses_and_hits_for_repeated_captions(tmp_path, code_cache):
+    """The fixture's 64 captions are 7 distinct ones and it holds no ``text_emb``: the frozen text tower runs."""
+    losses, trainers = {}, {}
+    for size in (0, 1024):
+        trainer = Trainer(load_train_config("toklip-tiny", _cache_args(code_cache, tmp_path / str(size),
+                                                                       f"run.text_cache_size={size}")))
+        trainer.wrapped.train()
+        batches = trainer._loader()
+        losses[size] = [trainer.train_step(batches)["total"] for _ in range(4)]
+        trainers[size] = trainer
+    assert trainers[0].text_cache is None
+    cache = trainers[1024].text_cache
+    assert (cache.misses, cache.hits) == (7, 4 * 8 - 7)
+    assert losses[1024] == losses[0]  # bit for bit: a batch with a new caption encodes the whole batch
+    assert len(set(losses[0])) == 4

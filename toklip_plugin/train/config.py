@@ -104,8 +104,11 @@ class RunSection:
     tensorboard: bool = True
     wandb: bool = False
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    text_cache_size: int = 65536  # frozen text-tower outputs kept per distinct caption (LRU); 0: off
 
     def __post_init__(self) -> None:
+        if self.text_cache_size < 0:
+            raise ValueError(f"run.text_cache_size must be >= 0; got {self.text_cache_size}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"run.precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):

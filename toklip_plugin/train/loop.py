@@ -38,6 +38,7 @@ from .data import StreamPosition, build_loader
 from .evaluate import cache_evaluator
 from .losses import TokLIPLoss
 from .teacher import SigLIPTeacher, build_teacher
+from .text_cache import TextEmbeddingCache
 
 __all__ = ["DistEnv", "init_distributed", "build_student", "Trainer", "cosine_with_warmup"]
 
@@ -176,6 +177,8 @@ class Trainer:
             self.optimizer, lambda s: cosine_with_warmup(s, optim.warmup_steps, optim.steps))
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=config.run.precision == "fp16")
         self.step, self.skipped = 0, 0
+        # the text tower is frozen, so a caption's embedding never changes: encode each one once
+        self.text_cache = TextEmbeddingCache(config.run.text_cache_size) if config.run.text_cache_size else None
 
     # setup -------------------------------------------------------------------------------------
     @property
@@ -273,9 +276,11 @@ class Trainer:
 
     # one optimisation step ---------------------------------------------------------------------
     @torch.no_grad()
-    def _frozen_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+    def _frozen_inputs(self, batch: dict[str, torch.Tensor], host_text: torch.Tensor
+                       ) -> dict[str, Optional[torch.Tensor]]:
         """Codes, text embedding and teacher targets: taken from the batch when cached there
-        (``codes``, ``text_emb``, ``teacher_pooled``, ``teacher_tokens``), else computed by the frozen parts."""
+        (``codes``, ``text_emb``, ``teacher_pooled``, ``teacher_tokens``), else computed by the frozen parts;
+        ``host_text`` is the host copy of ``batch["text"]`` (the text cache's keys)."""
         cfg = self.config.loss
         out = {"codes": batch.get("codes"), "text_emb": batch.get("text_emb"),
                "teacher_emb": batch.get("teacher_pooled"), "teacher_tokens": batch.get("teacher_tokens")}
@@ -283,11 +288,15 @@ class Trainer:
             out["codes"] = self.model.tokenize(batch["images"])
         with self._autocast():
             if out["text_emb"] is None:
-                out["text_emb"] = self.model.encode_text(batch["text"])
+                out["text_emb"] = (self.text_cache(host_text, self._encode_text) if self.text_cache
+                                   else self.model.encode_text(batch["text"]))
             if ((cfg.distill_weight > 0 and out["teacher_emb"] is None)
                     or (cfg.token_distill_weight > 0 and out["teacher_tokens"] is None)):
                 out["teacher_emb"], out["teacher_tokens"] = self.teacher.image_features(batch["images"])
         return out
+
+    def _encode_text(self, host_text: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(host_text.to(self.env.device, non_blocking=True))
 
     def _autocast(self):
         dtype = _AMP_DTYPES.get(self.config.run.precision)
@@ -298,10 +307,10 @@ class Trainer:
         accum = self.config.optim.accum_steps
         totals: dict[str, torch.Tensor] = {}
         for micro in range(accum):
-            batch = next(batches)
-            self.skipped += int(batch.pop("skipped"))  # still on the host: no device sync
-            batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
-            frozen = self._frozen_inputs(batch)
+            host = next(batches)
+            self.skipped += int(host.pop("skipped"))  # still on the host: no device sync
+            batch = {k: v.to(self.env.device, non_blocking=True) for k, v in host.items()}
+            frozen = self._frozen_inputs(batch, host["text"])
             sync = micro == accum - 1 or not hasattr(self.wrapped, "no_sync")
             with (contextlib.nullcontext() if sync else self.wrapped.no_sync()), self._autocast():
                 pooled, tokens = self.wrapped(frozen["codes"])

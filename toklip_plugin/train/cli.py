@@ -4,6 +4,9 @@
     torchrun --nproc_per_node 8 -m toklip_plugin.train.cli --config toklip-l-384 [key=value ...]
 
 A run resumes from the newest checkpoint in its ``run.output_dir`` when there is one.
+
+    toklip-train --config toklip-s-256 --build-cache codes.safetensors data.train='/data/{00000..00099}.tar'
+    toklip-train --config toklip-s-256 data.kind=cache data.train=codes.safetensors  # many epochs, no VQ
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides with YAML values, e.g. optim.lr=1e-4 run.precision=fp32")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--build-cache", metavar="OUT.safetensors",
+                        help="tokenize the config's training data once (frozen VQ, tokenizer, teacher) into a code "
+                             "cache for data.kind=cache data.train=OUT.safetensors, and exit")
     return parser.parse_args(argv)
 
 
@@ -37,6 +43,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         import yaml
 
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        return
+    if args.build_cache:
+        from .code_cache import build_code_cache
+
+        built = build_code_cache(config, args.build_cache)
+        print(f"[toklip-train] code cache {built['path']}: {built['samples']} samples, {built['skipped']} skipped "
+              "because they failed to decode")
         return
     Trainer(config).fit()
 

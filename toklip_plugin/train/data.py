@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .config import DataSection
 
-__all__ = ["StreamPosition", "SampleStream", "build_loader", "expand_shards", "read_rows", "IMAGE_EXTS"]
+__all__ = ["StreamPosition", "SampleStream", "build_loader", "expand_shards", "read_rows", "source_records",
+           "IMAGE_EXTS"]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Errors that mean "this sample is broken": unreadable image, missing field, bad JSON / UTF-8.
@@ -66,6 +67,18 @@ def read_rows(path: str, kind: str) -> list[dict]:
         if kind == "csv":
             return list(csv.DictReader(f))
         return [json.loads(line) for line in f if line.strip()]
+
+
+def source_records(config: DataSection) -> Iterator[Any]:
+    """Every record of an image source once, in file order: rows as listed, shards as expanded."""
+    if config.kind in ("csv", "jsonl"):
+        yield from read_rows(config.train, config.kind)
+    elif config.kind == "wds":
+        from webdataset import tariterators
+
+        yield from tariterators.tarfile_samples([{"url": u} for u in expand_shards(config.train)])
+    else:
+        raise ValueError(f"data.kind={config.kind} holds no images to read; give the webdataset or CSV/JSONL source")
 
 
 class SampleStream(IterableDataset):

@@ -281,17 +281,25 @@ class Trainer:
         """Codes, text embedding and teacher targets: taken from the batch when cached there
         (``codes``, ``text_emb``, ``teacher_pooled``, ``teacher_tokens``), else computed by the frozen parts;
         ``host_text`` is the host copy of ``batch["text"]`` (the text cache's keys)."""
+        text_emb = batch.get("text_emb")
+        if text_emb is None:
+            with self._autocast():
+                text_emb = (self.text_cache(host_text, self._encode_text) if self.text_cache
+                            else self.model.encode_text(batch["text"]))
+        return {**self.image_targets(batch), "text_emb": text_emb}
+
+    @torch.no_grad()
+    def image_targets(self, batch: dict[str, torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+        """``codes`` and, when the loss distils, the teacher's ``teacher_emb`` / ``teacher_tokens``: from the
+        batch when cached there, else from its ``images`` through the frozen VQ and teacher (``None``: unused)."""
         cfg = self.config.loss
-        out = {"codes": batch.get("codes"), "text_emb": batch.get("text_emb"),
-               "teacher_emb": batch.get("teacher_pooled"), "teacher_tokens": batch.get("teacher_tokens")}
+        out = {"codes": batch.get("codes"), "teacher_emb": batch.get("teacher_pooled"),
+               "teacher_tokens": batch.get("teacher_tokens")}
         if out["codes"] is None:
             out["codes"] = self.model.tokenize(batch["images"])
-        with self._autocast():
-            if out["text_emb"] is None:
-                out["text_emb"] = (self.text_cache(host_text, self._encode_text) if self.text_cache
-                                   else self.model.encode_text(batch["text"]))
-            if ((cfg.distill_weight > 0 and out["teacher_emb"] is None)
-                    or (cfg.token_distill_weight > 0 and out["teacher_tokens"] is None)):
+        if ((cfg.distill_weight > 0 and out["teacher_emb"] is None)
+                or (cfg.token_distill_weight > 0 and out["teacher_tokens"] is None)):
+            with self._autocast():
                 out["teacher_emb"], out["teacher_tokens"] = self.teacher.image_features(batch["images"])
         return out
 

@@ -84,7 +84,8 @@ def train_rows(name: str, steps: int, device: str) -> list[Row]:
         Row(label, "grad checkpointing", "no checkpointing", ckpt["images_per_s"], base["images_per_s"], "img/s"),
         Row(label, "grad checkpointing", "no checkpointing", ckpt["peak_mib"], base["peak_mib"], "MiB", "lower"),
         Row(label, "bf16 autocast", "fp32", bf16["images_per_s"], base["images_per_s"], "img/s"),
-        Row(label, "frozen teacher alone", "whole step", base["teacher_share"], 1.0, "share", ""),
+        *[Row(label, f"{part} share of the step", "whole step", base[f"{part}_share"], 1.0, "share", "")
+          for part in ("vq", "text", "teacher", "student")],
     ]
 
 

@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 
 TEACHERS = {"toklip-tiny": ["teacher.timm_kwargs={embed_dim: 64, depth: 2, num_heads: 4}"],
-            "toklip-b16": ["teacher.open_clip=ViT-B-16-SigLIP2-256"]}
+            "toklip-b16": ["teacher.open_clip=ViT-B-16-SigLIP2-256"],
+            "toklip-l": ["teacher.open_clip=ViT-SO400M-16-SigLIP2-384"]}  # benchmarks/gpu.sh
 SHARES = ("vq", "text", "teacher", "student")  # the parts of a step, as shares of its time
 
 

@@ -18,6 +18,7 @@ itself: the built-in config whose grid matches ``block_size`` (256 -> ``toklip-s
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Optional, Union
 
 import torch
@@ -218,36 +219,14 @@ def build_fused_gpt(size: str, toklip=None, toklip_checkpoint=None, fusion: Opti
 
 
 # one named factory per LlamaGen size, for the entry points
-def GPT_B_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-B", **kwargs)
-
-
-def GPT_L_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-L", **kwargs)
-
-
-def GPT_XL_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-XL", **kwargs)
-
-
-def GPT_XXL_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-XXL", **kwargs)
-
-
-def GPT_XXXL_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-XXXL", **kwargs)
-
-
-def GPT_1B_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-1B", **kwargs)
-
-
-def GPT_3B_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-3B", **kwargs)
-
-
-def GPT_7B_toklip(**kwargs) -> TokLIPTransformer:
-    return build_fused_gpt("GPT-7B", **kwargs)
+GPT_B_toklip = partial(build_fused_gpt, "GPT-B")
+GPT_L_toklip = partial(build_fused_gpt, "GPT-L")
+GPT_XL_toklip = partial(build_fused_gpt, "GPT-XL")
+GPT_XXL_toklip = partial(build_fused_gpt, "GPT-XXL")
+GPT_XXXL_toklip = partial(build_fused_gpt, "GPT-XXXL")
+GPT_1B_toklip = partial(build_fused_gpt, "GPT-1B")
+GPT_3B_toklip = partial(build_fused_gpt, "GPT-3B")
+GPT_7B_toklip = partial(build_fused_gpt, "GPT-7B")
 
 
 GPT_models = {

@@ -13,6 +13,7 @@ matmul rate. The table is printed last; ``--json`` also writes the rows.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import subprocess
@@ -45,8 +46,14 @@ class Row:
         return self.ours_value / self.baseline_value
 
 
+@functools.lru_cache(maxsize=None)
+def encode_seconds(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> dict[str, float]:
+    """``encode.measure``, once per setting: the encode and FLOP rows share the timings."""
+    return encode.measure(name, batch, repeats, device, dtype)
+
+
 def encode_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
-    s = encode.measure(name, batch, repeats, device, dtype)
+    s = encode_seconds(name, batch, repeats, device, dtype)
     per_s = lambda path: batch / (s["vq"] + s[path])
     return [
         Row(f"encode {name} b{batch}", "fused causal", "explicit -inf mask", per_s("fused"), per_s("explicit"), "img/s"),
@@ -106,7 +113,7 @@ def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str
 
 def flops_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
     f = flops.encode_flops(name, device)
-    s = encode.measure(name, batch, repeats, device, dtype)
+    s = encode_seconds(name, batch, repeats, device, dtype)
     achieved = batch * (f["vq_gflops"] + f["encoder_gflops"]) / (s["vq"] + s["fused"])
     peak = flops.matmul_gflops(device, dtype)
     return [Row(f"GFLOPs/img {name}", "token encoder", "frozen VQ encoder", f["encoder_gflops"], f["vq_gflops"],

@@ -5,7 +5,7 @@ VENV ?= .venv
 PIP = $(VENV)/bin/python -m pip
 PINS = -c constraints/ci.txt
 
-.PHONY: demo test setup-core setup-all clean
+.PHONY: demo test setup-core setup-all clean mutation
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.all
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Mutation testing (tests/MUTATION.md), not part of .ci/run: one worker, each module group against
+# its fast tests, in build/mutation/GROUP. `make mutation GROUPS="checkpoints models"` runs some.
+MUTMUT = mutmut==3.8.1
+GROUPS ?=
+
+mutation: $(VENV)/.all
+	$(PIP) install -q $(PINS) "$(MUTMUT)"
+	$(VENV)/bin/python tests/run_mutation.py $(GROUPS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

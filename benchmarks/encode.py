@@ -1,22 +1,17 @@
 """Images/s of ``encode_image`` on CPU: fused causal SDPA vs explicit -inf mask vs bidirectional.
 
-    python benchmarks/encode.py [--models toklip-tiny toklip-b16] [--batch-size 8]
+    python -m benchmarks.encode [--models toklip-tiny toklip-b16] [--batch-size 8]
 
 Also splits the time between the frozen VQ encoder (pixels -> codes) and the token encoder.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time, print_table  # noqa: E402
-
-import toklip_plugin as tp  # noqa: E402
+import toklip_plugin as tp
+from benchmarks.common import best_time, per_model_parser, print_table
 
 PATHS = {"fused": "fused causal (is_causal SDPA)", "explicit": "explicit -inf mask (original)",
          "bidirectional": "bidirectional"}
@@ -56,11 +51,7 @@ def table_rows(name: str, batch_size: int, seconds: dict[str, float]) -> list[li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["toklip-tiny", "toklip-b16"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = per_model_parser(__doc__, batch_size=8).parse_args()
     rows = [row for name in args.models
             for row in table_rows(name, args.batch_size, measure(name, args.batch_size, args.repeats))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")

@@ -1,20 +1,16 @@
 """Model FLOPs per image (counted by ``torch.utils.flop_counter``) and the machine's matmul rate.
 
-    python benchmarks/flops.py [--models toklip-tiny toklip-b16]
+    python -m benchmarks.flops [--models toklip-tiny toklip-b16]
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time, print_table  # noqa: E402
-
-import toklip_plugin as tp  # noqa: E402
+import toklip_plugin as tp
+from benchmarks.common import best_time, print_table
 
 
 def counted_flops(fn) -> int:

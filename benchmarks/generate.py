@@ -1,7 +1,7 @@
 """Sampling speed on CPU: plain LlamaGen GPT vs fused TokLIP GPT (KV-cached encoder) vs re-encoding.
 
-    python benchmarks/generate.py                       # tiny and GPT-B-sized, 256 and 576 tokens
-    python benchmarks/generate.py --models tiny --tokens 256 --repeats 1   # quicker
+    python -m benchmarks.generate                       # tiny and GPT-B-sized, 256 and 576 tokens
+    python -m benchmarks.generate --models tiny --tokens 256 --repeats 1   # quicker
 
 Codes/s = images per call / seconds per decode step, where a step is what LlamaGen's
 ``generate()`` does per token: one ``model([x; x], None, input_pos)`` call with classifier-free
@@ -19,13 +19,14 @@ encoder can be cheaper than that; the gap above it is our per-step overhead.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 
 import torch
 
 import toklip_plugin as tp
+from benchmarks.common import best_time, print_table
 from toklip_plugin.config import EncoderConfig, VQConfig
+from toklip_plugin.integrations.llamagen.cached_encoder import CachedTokenEncoder
 from toklip_plugin.integrations.llamagen.fused import TokLIPTransformer
 from toklip_plugin.integrations.llamagen.gpt import Transformer, model_args
 from toklip_plugin.integrations.llamagen.sampling import guided_logits, sample_logits
@@ -51,19 +52,22 @@ SETUPS = {
 }
 
 
-class ReencodingTransformer(TokLIPTransformer):
-    """The naive fused GPT: at every decode step the encoder re-reads the whole prefix."""
+class ReencodingTokenEncoder(CachedTokenEncoder):
+    """The naive incremental encoder: each step re-reads the whole prefix with the full causal pass."""
 
-    def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype) -> None:
-        super().setup_caches(max_batch_size, max_seq_length, dtype)
-        self.history = torch.zeros(max_batch_size, self.block_size, dtype=torch.long)
+    def setup_cache(self, max_batch_size: int, dtype: torch.dtype) -> None:
+        self.history = torch.zeros(max_batch_size, self.num_tokens, dtype=torch.long)  # ambient device
 
-    def _decode_features(self, idx: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        rows = len(idx) // 2 if self.cfg_halves else len(idx)
-        j = int(input_pos) - self.cls_token_num
-        self.history[:rows, j] = idx[:rows, 0]
-        features = self.toklip(self.history[:rows, : j + 1])[:, -1:]
-        return features.repeat(len(idx) // rows, 1, 1)
+    def step(self, codes: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        j = int(pos)
+        self.history[: len(codes), j] = codes[:, 0]
+        return self(self.history[: len(codes), : j + 1])[:, -1:]
+
+
+def reencoding(model: TokLIPTransformer) -> TokLIPTransformer:
+    """``model`` with its KV-cached encoder swapped for :class:`ReencodingTokenEncoder` (same weights)."""
+    model.token_encoder = ReencodingTokenEncoder(model.token_encoder.encoder, model.token_encoder.codebook)
+    return model
 
 
 def toklip_for(encoder: EncoderConfig, tokens: int) -> tp.TokLIP:
@@ -83,19 +87,16 @@ def step_seconds(model: Transformer, batch: int, tokens: int, steps: int) -> flo
     with device:
         model.setup_caches(2 * batch, 1 + tokens, model.tok_embeddings.weight.dtype)
     guided_logits(model, None, cond, torch.arange(1, device=device), CFG)
-    x = torch.randint(0, VOCAB, (batch, 1), device=device)
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        input_pos = torch.tensor([1 + int((tokens - 1) * (i + 0.5) / steps)], dtype=torch.int, device=device)
-        x = sample_logits(guided_logits(model, torch.cat([x, x]), None, input_pos, CFG))
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+    first = torch.randint(0, VOCAB, (batch, 1), device=device)
+    positions = [torch.tensor([1 + int((tokens - 1) * (i + 0.5) / steps)], dtype=torch.int, device=device)
+                 for i in range(steps)]
 
+    def decode() -> None:
+        x = first
+        for input_pos in positions:
+            x = sample_logits(guided_logits(model, torch.cat([x, x]), None, input_pos, CFG))
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return best_time(decode, repeats=1, warmup=0) / steps
 
 
 def bench(setup: Setup, tokens: int, batch: int, steps: int, repeats: int, device: str = "cpu",
@@ -106,7 +107,7 @@ def bench(setup: Setup, tokens: int, batch: int, steps: int, repeats: int, devic
     models = {
         "plain": Transformer(model_args("GPT-B", **kwargs)).eval(),
         "cached": TokLIPTransformer(model_args("GPT-B", **kwargs), toklip).eval(),
-        "reencode": ReencodingTransformer(model_args("GPT-B", **kwargs), toklip).eval(),
+        "reencode": reencoding(TokLIPTransformer(model_args("GPT-B", **kwargs), toklip)).eval(),
     }
     models = {name: model.to(device, dtype) for name, model in models.items()}
     for model in models.values():
@@ -140,17 +141,15 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU, {args.threads} threads, batch {args.batch} (+{args.batch} CFG rows), fp32; "
           f"codes/s from {args.steps} steps x best of {args.repeats} rounds (higher is better)\n")
-    print(f"| {'setup':38s} | tokens | plain | fused+cache | fused re-encode | cache / plain | FLOP floor | "
-          "re-encode / plain |")
-    print(f"|{'-' * 40}|--------|-------|-------------|-----------------|---------------|------------|"
-          "-------------------|")
+    rows = []
     for name in args.models.split(","):
         for tokens in (int(t) for t in args.tokens.split(",")):
             r = bench(SETUPS[name], tokens, args.batch, args.steps, args.repeats)
-            print(f"| {SETUPS[name].name:38s} | {tokens:6d} | {r['plain']:5.1f} | {r['cached']:11.1f} | "
-                  f"{r['reencode']:15.1f} | {r['plain'] / r['cached']:12.2f}x | {r['floor']:9.2f}x | "
-                  f"{r['plain'] / r['reencode']:16.2f}x |",
-                  flush=True)
+            ratios = [r["plain"] / r["cached"], r["floor"], r["plain"] / r["reencode"]]
+            rows.append([SETUPS[name].name, tokens, r["plain"], r["cached"], r["reencode"],
+                         *(f"{x:.2f}x" for x in ratios)])
+    print_table(["setup", "tokens", "plain", "fused+cache", "fused re-encode", "cache / plain", "FLOP floor",
+                 "re-encode / plain"], rows)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu.sh            # from the repository root on the GPU machine
 #
-# Full-size workloads in bf16, each beside its plain baseline (benchmarks/run.py --gpu):
+# Full-size workloads in bf16, each beside its plain baseline (python -m benchmarks.run --gpu):
 #   - toklip-l encode at batch 64: fused causal SDPA vs the original explicit -inf mask, and the
 #     achieved GFLOP/s against the measured bf16 matmul rate;
 #   - one training step of toklip-l with the SigLIP2 So400m/16-384 teacher: gradient
@@ -19,5 +19,5 @@ if ! python -c "import toklip_plugin" 2>/dev/null; then
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.__version__, torch.cuda.get_device_name())"
 mkdir -p "${OUT:-gpu_results}"
-timeout 460 python benchmarks/run.py --gpu --device cuda --repeats 3 --json "${OUT:-gpu_results}/gpu_bench.json" \
+timeout 460 python -m benchmarks.run --gpu --device cuda --repeats 3 --json "${OUT:-gpu_results}/gpu_bench.json" \
     2> "${OUT:-gpu_results}/gpu_bench.log"

@@ -1,7 +1,7 @@
 """Images/s of the TokLIP LLaVA tower vs LLaVA's own CLIP tower of the same width, depth and
 token count, on CPU, in one run (random weights; the cost does not depend on them).
 
-    python benchmarks/llava_tower.py [--models toklip-tiny toklip-b16] [--batch-size 4]
+    python -m benchmarks.llava_tower [--models toklip-tiny toklip-b16] [--batch-size 4]
 
 The CLIP tower is LLaVA's ``CLIPVisionTower`` over a ``CLIPVisionModel`` with patch 14 and an
 image size giving the same number of patch tokens (its class token is dropped, as LLaVA does).
@@ -10,20 +10,16 @@ alone (codes given) is timed too.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time, print_table  # noqa: E402
-
-import toklip_plugin as tp  # noqa: E402
-from toklip_plugin.integrations.llava.tower import TokLIPVisionTower  # noqa: E402
+import toklip_plugin as tp
+from benchmarks.common import best_time, per_model_parser, print_table
+from toklip_plugin.integrations.llava.tower import TokLIPVisionTower
 
 CLIP_PATCH = 14
 TOWER_ARGS = SimpleNamespace(mm_vision_select_layer=-1, mm_vision_select_feature="patch")
@@ -52,30 +48,35 @@ def clip_tower(config: tp.TokLIPConfig, folder: Path):
     return CLIPVisionTower(str(path), TOWER_ARGS).eval(), size
 
 
-def measure(name: str, batch_size: int, repeats: int, folder: Path) -> list[list[object]]:
+TOWERS = {"tower": "TokLIP tower (VQ encoder + token encoder)", "encoder": "  of which token encoder (codes given)",
+          "clip": "LLaVA CLIP tower"}
+
+
+@torch.inference_mode()
+def measure(name: str, batch_size: int, repeats: int, folder: Path) -> dict[str, float]:
+    """Images/s of each of :data:`TOWERS`, and ``clip_px``, the CLIP tower's image size."""
     config = tp.resolve_config(name)
     toklip = toklip_tower(config, folder)
     images = torch.rand(batch_size, 3, config.image_size, config.image_size) * 2 - 1
     codes = toklip.toklip.tokenize(images)
     clip, size = clip_tower(config, folder)
     clip_images = torch.rand(batch_size, 3, size, size) * 2 - 1
-    timed = [
-        ("TokLIP tower (VQ encoder + token encoder)", config.image_size, lambda: toklip(images)),
-        ("  of which token encoder (codes given)", config.image_size, lambda: toklip.toklip.encode_codes(codes)),
-        ("LLaVA CLIP tower", size, lambda: clip(clip_images)),
-    ]
-    return [[name, tower, px, config.num_tokens, config.encoder.width, batch_size / best_time(fn, repeats)]
-            for tower, px, fn in timed]
+    timed = {"tower": lambda: toklip(images), "encoder": lambda: toklip.toklip.encode_codes(codes),
+             "clip": lambda: clip(clip_images)}
+    return {"clip_px": size, **{part: batch_size / best_time(fn, repeats) for part, fn in timed.items()}}
+
+
+def table_rows(name: str, images_per_s: dict[str, float]) -> list[list[object]]:
+    config = tp.resolve_config(name)
+    return [[name, label, images_per_s["clip_px"] if part == "clip" else config.image_size, config.num_tokens,
+             config.encoder.width, images_per_s[part]] for part, label in TOWERS.items()]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["toklip-tiny", "toklip-b16"])
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
-        rows = [row for name in args.models for row in measure(name, args.batch_size, args.repeats, Path(folder))]
+    args = per_model_parser(__doc__, batch_size=4).parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [row for name in args.models
+                for row in table_rows(name, measure(name, args.batch_size, args.repeats, Path(folder)))]
     print(f"CPU, {torch.get_num_threads()} threads, float32, batch {args.batch_size}, best of {args.repeats}")
     print_table(["config", "tower", "image px", "tokens", "width", "images/s"], rows)
 

@@ -1,8 +1,9 @@
 """Every benchmark in one run: our path and its baseline side by side, with their ratio.
 
-    python benchmarks/run.py                 # CPU: toklip-tiny and toklip-b16, a few minutes
-    python benchmarks/run.py --quick         # toklip-tiny only
-    python benchmarks/run.py --device cuda --gpu   # the full-size set that benchmarks/gpu.sh runs
+    python -m benchmarks.run                 # CPU: toklip-tiny and toklip-b16, a few minutes
+    python -m benchmarks.run --quick         # toklip-tiny only
+    python -m benchmarks.run --smoke         # toklip-tiny, tiny batches, one repeat: does every workload run?
+    python -m benchmarks.run --device cuda --gpu   # the full-size set that benchmarks/gpu.sh runs
 
 Workloads: tokenizer encode (fused causal SDPA vs the original explicit-mask path vs LLaVA's
 CLIP tower of the same width and token count), a training step (with and without gradient
@@ -21,14 +22,27 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import encode  # noqa: E402
-import flops  # noqa: E402
-from common import print_table  # noqa: E402
+from benchmarks import encode, flops, generate, llava_tower, train_step
+from benchmarks.common import print_table
+
+# what each workload runs: encode / llava / flops (model, batch), train (model, batch or None for
+# train_step's default), generate (setup, tokens)
+PLANS = {
+    "full": {"encode": [("toklip-tiny", 8), ("toklip-b16", 8)], "llava": [("toklip-tiny", 4), ("toklip-b16", 4)],
+             "train": [("toklip-tiny", None), ("toklip-b16", None)],
+             "generate": [("tiny", 256), ("gpt-b", 256), ("gpt-b", 576)],
+             "flops": [("toklip-tiny", 8), ("toklip-b16", 8)]},
+    "quick": {"encode": [("toklip-tiny", 8)], "llava": [("toklip-tiny", 4)], "train": [("toklip-tiny", None)],
+              "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)]},
+    "smoke": {"encode": [("toklip-tiny", 2)], "llava": [("toklip-tiny", 2)], "train": [("toklip-tiny", 2)],
+              "generate": [("tiny", 64)], "flops": [("toklip-tiny", 2)]},
+    "gpu": {"encode": [("toklip-l", 64)], "llava": [], "train": [("toklip-l", None)],
+            "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)]},
+}
 
 
 @dataclass
@@ -56,7 +70,8 @@ def encode_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.d
     s = encode_seconds(name, batch, repeats, device, dtype)
     per_s = lambda path: batch / (s["vq"] + s[path])
     return [
-        Row(f"encode {name} b{batch}", "fused causal", "explicit -inf mask", per_s("fused"), per_s("explicit"), "img/s"),
+        Row(f"encode {name} b{batch}", "fused causal", "explicit -inf mask", per_s("fused"), per_s("explicit"),
+            "img/s"),
         Row(f"token encoder {name} b{batch}", "fused causal", "explicit -inf mask", batch / s["fused"],
             batch / s["explicit"], "img/s"),
         Row(f"token encoder {name} b{batch}", "fused causal", "bidirectional", batch / s["fused"],
@@ -65,27 +80,16 @@ def encode_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.d
 
 
 def llava_rows(name: str, batch: int, repeats: int) -> list[Row]:
-    import llava_tower
-
-    with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
-        (_, _, _, _, _, tower), (_, _, _, _, _, encoder), (_, _, _, _, _, clip) = llava_tower.measure(
-            name, batch, repeats, Path(folder))
-    return [Row(f"LLaVA tower {name} b{batch}", "TokLIP tower", "LLaVA CLIP tower", tower, clip, "img/s"),
-            Row(f"LLaVA tower {name} b{batch}", "TokLIP codes given", "LLaVA CLIP tower", encoder, clip, "img/s")]
+    with tempfile.TemporaryDirectory() as folder:
+        r = llava_tower.measure(name, batch, repeats, Path(folder))
+    label = f"LLaVA tower {name} b{batch}"
+    return [Row(label, "TokLIP tower", "LLaVA CLIP tower", r["tower"], r["clip"], "img/s"),
+            Row(label, "TokLIP codes given", "LLaVA CLIP tower", r["encoder"], r["clip"], "img/s")]
 
 
-def train_step(name: str, checkpointing: bool, precision: str, steps: int, device: str) -> dict:
-    """One ``benchmarks/train_step.py`` measurement in its own process (peak memory is per process)."""
-    cmd = [sys.executable, str(HERE / "train_step.py"), "--one", name, str(int(checkpointing)), "--steps", str(steps),
-           "--device", device, "--precision", precision]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.splitlines()[-1])
-
-
-def train_rows(name: str, steps: int, device: str) -> list[Row]:
-    base = train_step(name, False, "fp32", steps, device)
-    ckpt = train_step(name, True, "fp32", steps, device)
-    bf16 = train_step(name, False, "bf16", steps, device)
+def train_rows(name: str, batch: Optional[int], steps: int, device: str) -> list[Row]:
+    base, ckpt, bf16 = (train_step.measure_in_subprocess(name, checkpointing, steps, device, precision, batch)
+                        for checkpointing, precision in ((False, "fp32"), (True, "fp32"), (False, "bf16")))
     label = f"train step {name} b{base['batch']}"
     return [
         Row(label, "grad checkpointing", "no checkpointing", ckpt["images_per_s"], base["images_per_s"], "img/s"),
@@ -97,8 +101,6 @@ def train_rows(name: str, steps: int, device: str) -> list[Row]:
 
 
 def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
-    import generate
-
     threads = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(1)  # per-token matmuls gain little from threads; see generate.py
@@ -123,44 +125,41 @@ def flops_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dt
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="toklip-tiny only")
-    parser.add_argument("--gpu", action="store_true", help="full-size models (toklip-l, GPT-B at 576 tokens)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="toklip-tiny only")
+    size.add_argument("--smoke", action="store_true",
+                      help="toklip-tiny, tiny batches, one repeat, 64-token sampling: checks that every workload runs")
+    size.add_argument("--gpu", action="store_true", help="full-size models (toklip-l, GPT-B at 576 tokens)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["encode", "llava", "train", "generate", "flops"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=sorted(PLANS["full"]))
     args = parser.parse_args()
-
+    plan = PLANS["gpu" if args.gpu else "quick" if args.quick else "smoke" if args.smoke else "full"]
+    repeats, decode_steps = (1, 2) if args.smoke else (args.repeats, 16)
     dtype = torch.bfloat16 if args.gpu else torch.float32
-    if args.gpu:
-        plan = {"encode": [("toklip-l", 64)], "llava": [], "train": ["toklip-l"],
-                "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)]}
-    elif args.quick:
-        plan = {"encode": [("toklip-tiny", 8)], "llava": [("toklip-tiny", 4)], "train": ["toklip-tiny"],
-                "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)]}
-    else:
-        plan = {"encode": [("toklip-tiny", 8), ("toklip-b16", 8)], "llava": [("toklip-tiny", 4), ("toklip-b16", 4)],
-                "train": ["toklip-tiny", "toklip-b16"], "generate": [("tiny", 256), ("gpt-b", 256), ("gpt-b", 576)],
-                "flops": [("toklip-tiny", 8), ("toklip-b16", 8)]}
-    rows: list[Row] = []
     runners = {
-        "encode": lambda item: encode_rows(*item, args.repeats, args.device, dtype),
-        "llava": lambda item: llava_rows(*item, args.repeats),
-        "train": lambda name: train_rows(name, args.repeats, args.device),
-        "generate": lambda item: generate_rows(*item, 16, args.repeats, args.device, dtype),
-        "flops": lambda item: flops_rows(*item, args.repeats, args.device, dtype),
+        "encode": lambda item: encode_rows(*item, repeats, args.device, dtype),
+        "llava": lambda item: llava_rows(*item, repeats),
+        "train": lambda item: train_rows(*item, repeats, args.device),
+        "generate": lambda item: generate_rows(*item, decode_steps, repeats, args.device, dtype),
+        "flops": lambda item: flops_rows(*item, repeats, args.device, dtype),
     }
+    rows: list[Row] = []
     for workload, items in plan.items():
-        if workload in args.skip:
-            continue
-        for item in items:
+        for item in items if workload not in args.skip else []:
             print(f"running {workload} {item} ...", file=sys.stderr, flush=True)
             rows.extend(runners[workload](item))
+    report(rows, {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
+                  "dtype": str(dtype), "machine": platform.processor() or platform.machine(), "git": _git_commit()},
+           args.json)
 
-    env = {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(), "dtype": str(dtype),
-           "machine": platform.processor() or platform.machine(), "git": _git_commit()}
-    if args.json:
-        args.json.write_text(json.dumps({"env": env, "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]}, indent=2))
+
+def report(rows: list[Row], env: dict, json_path: Optional[Path]) -> None:
+    """The table on stdout (last), and the rows with their ratios as JSON when asked."""
+    if json_path:
+        json_path.write_text(json.dumps({"env": env, "rows": [asdict(r) | {"ratio": r.ratio} for r in rows]},
+                                        indent=2))
     print(", ".join(f"{k} {v}" for k, v in env.items()))
     print_table(["workload", "ours", "baseline", "ours value", "baseline value", "unit", "ours/baseline", "better"],
                 [[r.workload, r.ours, r.baseline, r.ours_value, r.baseline_value, r.unit, r.ratio, r.better]
@@ -168,7 +167,8 @@ def main() -> None:
 
 
 def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
 
 

@@ -1,12 +1,16 @@
-"""Shared fixtures: tiny random TokLIP models and images (no downloads)."""
-from __future__ import annotations
+"""Shared fixtures (tiny random TokLIP models and images, no downloads) and the folder markers.
 
-import importlib.util
+The installed LLaVA is patched once, by setup (``make setup-all`` runs ``toklip-patch llava``); tests that
+need it check it with ``helpers.llava_fixtures.require_patched_llava``.
+"""
+from __future__ import annotations
 
 import pytest
 import torch
 
 import toklip_plugin as tp
+
+FOLDER_MARKERS = ("unit", "integration", "e2e")
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +30,9 @@ def images(tiny_config):
     return torch.rand(3, 3, s, s, generator=g) * 2 - 1
 
 
-def pytest_configure(config):
-    """Patch the installed LLaVA before any test module imports it (``toklip-patch llava``, idempotent).
-
-    A module imported before the patch keeps LLaVA's unpatched functions for the whole session,
-    so this cannot wait for a fixture.
-    """
-    if importlib.util.find_spec("llava") is not None:
-        from llava_fixtures import patch_installed_llava
-
-        patch_installed_llava()
+def pytest_collection_modifyitems(config, items):
+    """The folder is the kind of test: ``unit``, ``integration`` or ``e2e`` (``-m unit`` runs the fast core)."""
+    for item in items:
+        kind = next((part for part in item.path.parts[::-1] if part in FOLDER_MARKERS), None)
+        if kind:
+            item.add_marker(getattr(pytest.mark, kind))

@@ -2,9 +2,13 @@
 
 - the released TokLIP ``.pt`` (an open_clip CustomTextCLIP whose timm trunk wraps the
   LlamaGen VQ): ``visual.trunk.{vq,vq_table,vq_mapping,pos_embed,blocks,norm,attn_pool}``,
-  ``text.*``, ``logit_scale``, ``logit_bias``; maybe under ``state_dict`` with ``module.``;
+  ``text.*``, ``logit_scale`` and, only for a model trained with the sigmoid loss, ``logit_bias``;
+  plain, or as the official trainer's epoch checkpoint ``{"epoch", "name", "state_dict":
+  {"module." + key}, "optimizer", "scaler"}``; in any floating dtype (cast on load);
 - LlamaGen VQ checkpoints (``{"ema"|"model"|"state_dict": ...}``, LlamaGen's key names);
 - SigLIP2 weights from timm / open_clip, to initialise the token encoder and text tower;
+- OpenCLIP ViT weights (open_clip's own ``VisionTransformer`` + text transformer), to initialise
+  the paper's ViT-B/16 ablation model;
 - our own directory: ``config.json`` + ``model.safetensors``, written atomically.
 
 Loading is strict: a mismatch names the missing and unexpected keys and the config.
@@ -16,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +28,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import TokLIPConfig, config_from_dict
+from .io import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -38,6 +42,8 @@ __all__ = [
     "load_any_checkpoint",
     "read_pretrained_config",
     "init_from_siglip2",
+    "open_clip_vit_to_native",
+    "init_from_open_clip",
     "save_pretrained",
     "load_pretrained_dir",
     "load_state_dict_strict",
@@ -62,6 +68,10 @@ _RELEASED_PREFIXES = (
 )
 
 
+# where the VQ sits inside a whole TokLIP state dict: the released layout, then ours
+_VQ_PREFIXES = ("visual.trunk.vq.", "vq.")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
@@ -73,13 +83,29 @@ def safe_load(path: str | Path) -> Any:
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {path}: it needs arbitrary code to unpickle ({str(err).splitlines()[0]}). "
             "Only tensors, dicts and plain values are accepted (torch.load(weights_only=True)); "
             "re-save the state dict alone, or convert it to safetensors, in an environment you trust"
         ) from err
+
+
+def _numpy_scalar_globals() -> list:
+    """numpy scalars and dtypes, which are plain data: the official trainer's epoch checkpoints hold its
+    learning rate as a ``numpy.float64`` in the optimizer state (its cosine schedule computes with numpy).
+    Registered under the numpy 1 and numpy 2 module names, since files from either may arrive."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar
+    numeric_dtypes = [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]  # no object dtype
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *numeric_dtypes]
 
 
 def unwrap_state_dict(obj: Any, preferred: tuple[str, ...] = ("state_dict", "model", "module")) -> dict:
@@ -144,8 +170,15 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
             f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}\n"
             f"  wrong shapes ({len(wrong_shape)}): {_preview(wrong_shape)}\n"
             "Check that the checkpoint was made for this config (or pass the matching config)."
+            + (_LOGIT_BIAS_HINT if "logit_bias" in missing + unexpected else "")
         )
     module.load_state_dict(state_dict, strict=True)
+
+
+_LOGIT_BIAS_HINT = (
+    "\nA model trained with the sigmoid loss has a logit_bias, one trained with InfoNCE (the paper, the official "
+    "trainer's --siglip-train) has none: set init_logit_bias in the model config (e.g. -10) or to null to match."
+)
 
 
 def _preview(items: list[str], limit: int = 12) -> str:
@@ -189,12 +222,13 @@ def load_released_checkpoint(model: nn.Module, source: str | Path | Mapping[str,
 
 # LlamaGen VQ checkpoints ---------------------------------------------------------------
 def vq_state_dict(raw: Any) -> dict[str, torch.Tensor]:
-    """The VQ weights of a LlamaGen VQ checkpoint: ``ema``, then ``model``, then ``state_dict``."""
-    if isinstance(raw, Mapping) and not _is_state_dict(raw):
-        for key in ("ema", "model", "state_dict"):
-            if key in raw:
-                return unwrap_state_dict(raw[key])
-    return unwrap_state_dict(raw)
+    """The VQ weights of a LlamaGen VQ checkpoint (``ema``, then ``model``, then ``state_dict``), or of the
+    VQ inside a whole TokLIP checkpoint (the released ``visual.trunk.vq.*`` or our ``vq.*`` keys)."""
+    state = unwrap_state_dict(raw, preferred=("ema", "model", "state_dict", "module"))
+    for prefix in _VQ_PREFIXES:
+        if any(key.startswith(prefix) for key in state):
+            return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return state
 
 
 def load_vq_checkpoint(vq_model: nn.Module, source: str | Path | Mapping[str, Any]) -> None:
@@ -253,42 +287,115 @@ def init_from_siglip2(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) 
     return report
 
 
+# OpenCLIP ViT initialisation (the paper's ViT-B/16 ablation model) ----------------------
+# open_clip ResidualAttentionBlock part -> timm Block part: the same pre-norm attention + MLP, packed qkv
+_OPEN_CLIP_BLOCK_PARTS = (
+    ("ln_1.", "norm1."), ("attn.in_proj_weight", "attn.qkv.weight"), ("attn.in_proj_bias", "attn.qkv.bias"),
+    ("attn.out_proj.", "attn.proj."), ("ln_2.", "norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
+)
+# CLIP keeps its text transformer at the top level (CustomTextCLIP under text.*)
+_OPEN_CLIP_TEXT_PARTS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+def _open_clip_native_key(key: str) -> str | None:
+    """Our key for an open_clip CLIP key (``visual.positional_embedding`` aside); None: no counterpart."""
+    if key in ("logit_scale", "logit_bias") or key.startswith("text."):
+        return key
+    if key.startswith(_OPEN_CLIP_TEXT_PARTS):
+        return "text." + key
+    if not key.startswith("visual."):
+        return None
+    name = key[len("visual."):]
+    if name.startswith("transformer.resblocks."):
+        index, _, part = name[len("transformer.resblocks."):].partition(".")
+        new = next((n + part[len(o):] for o, n in _OPEN_CLIP_BLOCK_PARTS if part.startswith(o)), None)
+        return None if new is None else f"encoder.blocks.{index}.{new}"
+    for old, new in (("ln_pre.", "norm_pre."), ("ln_post.", "norm.")):
+        if name.startswith(old):
+            return "encoder." + new + name[len(old):]
+    return {"class_embedding": "encoder.class_embedding", "proj": "encoder.proj"}.get(name)
+
+
+def _class_position_last(pos: torch.Tensor, grid: int) -> tuple[torch.Tensor, bool]:
+    """open_clip's ``[1 + n*n, d]`` position table (class row first) -> ours ``[1, grid*grid + 1, d]`` (class row
+    last, the official ``revise_positional_embedding``), the patch rows resampled when ``n != grid``."""
+    from timm.layers import resample_abs_pos_embed
+
+    cls, patches = pos[:1], pos[1:]
+    src = round(patches.shape[0] ** 0.5)
+    resample = src != grid
+    if resample:
+        patches = resample_abs_pos_embed(patches[None], new_size=[grid, grid], old_size=[src, src],
+                                         num_prefix_tokens=0)[0]
+    return torch.cat([patches, cls])[None], resample
+
+
+def open_clip_vit_to_native(state_dict: Mapping[str, torch.Tensor], grid_size: int
+                            ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """An open_clip CLIP state dict whose image tower is open_clip's own ``VisionTransformer`` (``visual.conv1``,
+    ``visual.class_embedding``, ``visual.transformer.resblocks.N.*``, ``visual.proj``; e.g. ``ViT-B-16``) -> our
+    keys (``encoder.*``, ``text.*``, ``logit_scale``), plus a report of what was copied, resampled and dropped.
+
+    The patch embedding ``conv1`` has no counterpart (TokLIP reads codes, not pixels) and is dropped.
+    """
+    report: dict[str, list[str]] = {"copied": [], "resampled": [], "dropped": []}
+    native = {}
+    for key, value in unwrap_state_dict(state_dict).items():
+        if key == "visual.positional_embedding":
+            native["encoder.pos_embed"], resampled = _class_position_last(value, grid_size)
+            report["resampled" if resampled else "copied"].append(key)
+            continue
+        ours = _open_clip_native_key(key)
+        if ours is None:
+            report["dropped"].append(key)
+            continue
+        native[ours] = value
+        report["copied"].append(key)
+    if not any(k.startswith("encoder.blocks.") for k in native):
+        raise CheckpointError("no OpenCLIP ViT blocks found in the state dict (expected "
+                              "'visual.transformer.resblocks.*'; SigLIP2 weights go through init_from_siglip2)")
+    return native, report
+
+
+def init_from_open_clip(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                        include_text: bool = True) -> dict[str, list[str]]:
+    """Initialise a class-token TokLIP (``toklip-b16-openclip``) from open_clip ViT weights (e.g. ``ViT-B-16``):
+    the token encoder always; the text tower and logit scale too unless ``include_text=False``.
+
+    Returns what was copied, resampled and dropped (weights the model has no place for, such as a
+    ``logit_bias`` for a model without one, are dropped and listed).
+    """
+    if not model.config.encoder.has_class_token:
+        raise CheckpointError(f"OpenCLIP ViT weights carry a class token, but {_describe(model.config)} has none; "
+                              "use a class-token config such as toklip-b16-openclip (or init_from_siglip2)")
+    native, report = open_clip_vit_to_native(state_dict, model.config.grid_size)
+    target = model.state_dict()
+    update = {}
+    for key, value in native.items():
+        if key not in target or (not include_text and not key.startswith("encoder.")):
+            report["dropped"].append(key)
+        elif value.shape != target[key].shape:
+            raise CheckpointError(f"OpenCLIP weight for {key} has shape {tuple(value.shape)}, but "
+                                  f"{_describe(model.config)} has {tuple(target[key].shape)}")
+        else:
+            update[key] = value
+    model.load_state_dict(update, strict=False)
+    return report
+
+
 # our own directory format --------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` so that a crash never leaves a half file.
+    """Write ``model.safetensors`` and ``config.json`` so that a crash never leaves a half file.
 
-    Both files are written under temporary names in ``directory`` first and renamed over the
-    old ones only once complete (``os.replace`` is atomic on POSIX).
+    Both files are written under temporary names in ``directory`` first and renamed over the old
+    ones only once both are complete (:func:`toklip_plugin.io.atomic_path`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    config_text = json.dumps(model.config.to_dict(), indent=2)
-    staged = []
-    try:
-        weights_tmp = _temp_path(directory, WEIGHTS_NAME)
-        staged.append(weights_tmp)
+    with atomic_path(directory / WEIGHTS_NAME) as weights_tmp, atomic_path(directory / CONFIG_NAME) as config_tmp:
         save_file(tensors, str(weights_tmp), metadata={"format": "pt", "toklip_config": model.config.name})
-        config_tmp = _temp_path(directory, CONFIG_NAME)
-        staged.append(config_tmp)
-        config_tmp.write_text(config_text)
-        for tmp, final in ((weights_tmp, WEIGHTS_NAME), (config_tmp, CONFIG_NAME)):
-            _fsync(tmp)
-            os.replace(tmp, directory / final)
-    finally:
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
-
-
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+        config_tmp.write_text(json.dumps(model.config.to_dict(), indent=2))
 
 
 def read_pretrained_config(directory: str | Path) -> TokLIPConfig:

@@ -7,15 +7,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .checkpoints import CheckpointError
 from .factory import get_transform, load_toklip, resolve_config
+from .io import SKIPPABLE_ERRORS, atomic_torch_save, is_image_file, open_image
 
 __all__ = ["main"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def _parameter_counts(model: torch.nn.Module) -> dict[str, int]:
@@ -48,7 +46,7 @@ def _expand_images(paths: Sequence[str]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
         elif path.is_file():
             files.append(path)
         else:
@@ -56,18 +54,26 @@ def _expand_images(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+def _check_output(path: Path) -> None:
+    """Refuse an output path that ``torch.save`` would refuse, before any image is encoded."""
+    if path.is_dir():
+        raise ValueError(f"-o {path} is a folder; give a file name, e.g. -o {path / 'toklip_codes.pt'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the folder of -o {path} does not exist; create {path.parent} first")
+
+
 def _batches(files: list[Path], transform, batch_size: int, skipped: list[str]
              ) -> Iterator[tuple[list[Path], torch.Tensor, int]]:
-    """Yield ``(paths, images, files consumed)``; unreadable files are recorded in ``skipped``."""
+    """Yield ``(paths, images, files consumed)``; files that cannot be used (io.SKIPPABLE_ERRORS: unreadable,
+    a decompression bomb, too elongated) are recorded in ``skipped`` with the reason."""
     names, tensors, consumed = [], [], 0
     for path in files:
         consumed += 1
         try:
-            with Image.open(path) as image:
-                tensors.append(transform(image))
+            tensors.append(open_image(path, transform))
             names.append(path)
-        except (UnidentifiedImageError, OSError) as err:
-            skipped.append(f"{path}: {err}")
+        except SKIPPABLE_ERRORS as err:
+            skipped.append(f"{path}: {type(err).__name__}: {err}")
             continue
         if len(tensors) == batch_size:
             yield names, torch.stack(tensors), consumed
@@ -78,6 +84,7 @@ def _batches(files: list[Path], transform, batch_size: int, skipped: list[str]
 
 @torch.no_grad()
 def cmd_encode(args: argparse.Namespace) -> int:
+    _check_output(Path(args.output))
     files = _expand_images(args.images)
     if not files:
         print("toklip encode: no images found", file=sys.stderr)
@@ -91,24 +98,24 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with tqdm(total=len(files), desc="encode", unit="img") as bar:
         for names, images, consumed in _batches(files, transform, args.batch_size, skipped):
             codes = model.tokenize(images.to(args.device))
-            tokens = model.encode_codes(codes)
+            tokens, pooled = model.encode_codes_and_pool(codes, normalize=True)
             out["paths"].extend(str(p) for p in names)
             out["codes"].append(codes.cpu())
-            out["image_embeddings"].append(model.pool_tokens(tokens, normalize=True).cpu())
+            out["image_embeddings"].append(pooled.cpu())
             if args.tokens:
                 out["tokens"].append(tokens.cpu())
             bar.update(consumed)
-        bar.update(len(files) - bar.n)  # unreadable files after the last batch
+        bar.update(len(files) - bar.n)  # skipped files after the last batch
     for reason in skipped:
-        print(f"skipped unreadable image {reason}", file=sys.stderr)
+        print(f"skipped {reason}", file=sys.stderr)
     if not out["paths"]:
-        print("toklip encode: no readable images", file=sys.stderr)
+        print("toklip encode: no usable images", file=sys.stderr)
         return 1
     result = {k: (v if k == "paths" else torch.cat(v)) for k, v in out.items()}
     result["model"] = model.config.name
-    torch.save(result, args.output)
+    atomic_torch_save(result, args.output)
     print(f"wrote {len(result['paths'])} images ({model.num_tokens} codes each) to {args.output}; "
-          f"skipped {len(skipped)} unreadable")
+          f"skipped {len(skipped)} that could not be used")
     return 0
 
 

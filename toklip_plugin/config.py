@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -24,6 +24,7 @@ __all__ = [
     "get_model_config",
     "load_config_file",
     "config_from_dict",
+    "reject_unknown_keys",
 ]
 
 
@@ -45,7 +46,13 @@ class VQConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """The token encoder: code mapping, causal ViT blocks, final norm, map-pool head."""
+    """The token encoder: code mapping, ViT blocks (causal by default), final norm, pooling head.
+
+    The defaults are SigLIP2's vision tower (the released TokLIP-S/L): no class token, ``map``
+    pooling, tanh GELU, LayerNorm eps 1e-6. The paper's OpenCLIP ViT-B/16 ablation model instead
+    appends a class token *last* (so that under causal attention it sees every code token) and pools
+    it (``tok``), with open_clip's ``ln_pre``, exact GELU, eps 1e-5 and a bias-free projection.
+    """
 
     width: int = 1152
     depth: int = 27
@@ -53,12 +60,32 @@ class EncoderConfig:
     mlp_ratio: float = 3.7362
     causal: bool = True
     mapping: str = "mlp"  # "mlp" (paper default) or "codebook" (a learned table per code, ablation)
+    class_token: str = "none"  # "none" or "last" (appended after the codes, as the official ablation code does)
+    pool: str = "map"  # "map" (SigLIP attention pooling over the tokens) or "tok" (the class token's output)
+    norm_pre: bool = False  # LayerNorm before the blocks (open_clip's ln_pre)
+    proj: bool = False  # bias-free projection width -> embed_dim after pooling (open_clip's proj)
+    act: str = "gelu_tanh"  # block MLP activation: "gelu_tanh" (SigLIP) or "gelu" (exact; OpenCLIP ViT-B/16)
+    norm_eps: float = 1e-6  # LayerNorm eps: 1e-6 (SigLIP), 1e-5 (open_clip)
 
     def __post_init__(self) -> None:
-        if self.mapping not in ("mlp", "codebook"):
-            raise ValueError(f"encoder.mapping must be 'mlp' or 'codebook', got {self.mapping!r}")
+        _check_choice("encoder.mapping", self.mapping, ("mlp", "codebook"))
+        _check_choice("encoder.class_token", self.class_token, ("none", "last"))
+        _check_choice("encoder.pool", self.pool, ("map", "tok"))
+        _check_choice("encoder.act", self.act, ("gelu_tanh", "gelu"))
         if self.width % self.heads:
             raise ValueError(f"encoder.width {self.width} is not divisible by encoder.heads {self.heads}")
+        if (self.pool == "tok") != (self.class_token == "last"):
+            raise ValueError("encoder.pool 'tok' reads the class token and a class token is only read by 'tok' "
+                             "pooling: use pool: tok with class_token: last, or pool: map with class_token: none")
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.class_token != "none"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +100,9 @@ class TokLIPConfig:
     weights: Mapping[str, Any] = field(default_factory=dict)  # where released weights live (Hub repo + file)
     description: str = ""
     init_logit_scale: float = 2.6592600345611572  # log(1 / 0.07)
-    init_logit_bias: float = -10.0
+    # None: no logit_bias, the model of the paper's InfoNCE objective (the official trainer's --siglip-train
+    # removes it); a number (SigLIP uses -10): a learned bias, for training with the sigmoid loss
+    init_logit_bias: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.image_size % self.vq.downsample:
@@ -81,11 +110,15 @@ class TokLIPConfig:
                 f"image_size {self.image_size} is not a multiple of the VQ downsample factor "
                 f"{self.vq.downsample}; pick an image size divisible by {self.vq.downsample}"
             )
-        if self.encoder.width != self.embed_dim:
+        if not self.encoder.proj and self.encoder.width != self.embed_dim:
             raise ValueError(
-                f"embed_dim {self.embed_dim} must equal encoder.width {self.encoder.width}: "
-                "the map-pool head keeps the encoder width (SigLIP 'map' pooling, no projection)"
+                f"embed_dim {self.embed_dim} must equal encoder.width {self.encoder.width}: without "
+                "encoder.proj the pooled embedding keeps the encoder width (SigLIP 'map' pooling)"
             )
+
+    @property
+    def has_logit_bias(self) -> bool:
+        return self.init_logit_bias is not None
 
     @property
     def grid_size(self) -> int:
@@ -110,13 +143,13 @@ class TokLIPConfig:
 def config_from_dict(data: Mapping[str, Any]) -> TokLIPConfig:
     """Build a config from parsed JSON/YAML, rejecting unknown keys by name."""
     data = dict(data)
-    _reject_unknown(data, TokLIPConfig, "config")
+    reject_unknown_keys(data, TokLIPConfig, "config")
     vq = dict(data.get("vq", {}))
-    _reject_unknown(vq, VQConfig, "vq")
+    reject_unknown_keys(vq, VQConfig, "vq")
     if "ch_mult" in vq:
         vq["ch_mult"] = tuple(vq["ch_mult"])
     encoder = dict(data.get("encoder", {}))
-    _reject_unknown(encoder, EncoderConfig, "encoder")
+    reject_unknown_keys(encoder, EncoderConfig, "encoder")
     missing = [k for k in ("name", "image_size", "embed_dim", "text") if k not in data]
     if missing:
         raise ValueError(f"config is missing required keys {missing}")
@@ -127,7 +160,8 @@ def config_from_dict(data: Mapping[str, Any]) -> TokLIPConfig:
     )
 
 
-def _reject_unknown(data: Mapping[str, Any], cls: type, where: str) -> None:
+def reject_unknown_keys(data: Mapping[str, Any], cls: type, where: str) -> None:
+    """Raise naming the keys of ``data`` that are not fields of the dataclass ``cls`` (``where``: for the message)."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -1,8 +1,9 @@
 """Names, files and configs -> models, transforms and tokenizers (open_clip's factory, for TokLIP)."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
@@ -10,9 +11,10 @@ from . import checkpoints as ckpt
 from .config import TokLIPConfig, get_model_config, list_models, load_config_file
 from .models.text import build_tokenizer
 from .models.toklip import TokLIP
+from .models.vq import VQModel
 from .transforms import image_transform
 
-__all__ = ["list_models", "resolve_config", "create_model", "load_toklip", "get_tokenizer", "get_transform"]
+__all__ = ["list_models", "resolve_config", "create_model", "create_vq", "load_toklip", "get_tokenizer", "get_transform"]
 
 ModelSource = Union[str, Path, TokLIPConfig]
 RELEASED = "released"  # checkpoint= value meaning: the released weights named in the config
@@ -35,11 +37,29 @@ def resolve_config(source: ModelSource) -> TokLIPConfig:
 
 def create_model(config: TokLIPConfig, seed: Optional[int] = None) -> TokLIP:
     """A randomly initialised TokLIP (``seed`` makes the initialisation reproducible)."""
-    if seed is None:
+    with _seeded(seed):
         return TokLIP(config)
+
+
+def create_vq(config: TokLIPConfig, seed: Optional[int] = None) -> VQModel:
+    """The VQ of ``create_model(config, seed)`` alone, for jobs that need only the frozen tokenizer.
+
+    TokLIP builds its VQ first, so the same seed gives the same random VQ weights (a real run loads
+    a VQ checkpoint over them).
+    """
+    with _seeded(seed):
+        return VQModel(config.vq)
+
+
+@contextlib.contextmanager
+def _seeded(seed: Optional[int]) -> Iterator[None]:
+    """Draw from ``seed`` inside the block without touching the global RNG (no-op for ``None``)."""
+    if seed is None:
+        yield
+        return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return TokLIP(config)
+        yield
 
 
 def load_toklip(

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The paper's Table 4 rows (LlamaGen c2i with TokLIP): GPT-B and GPT-L, at 256 and 384 px, one after
-# another: extract codes, train, sample, FID. Each stage is also runnable on its own (see the scripts).
-#   bash configs/llamagen/table4.sh [GPT-B|GPT-L] [256|384]   # default: all four rows
+# The paper's Table 4 (LlamaGen class-conditional ImageNet generation with TokLIP): each row beside
+# its VQ-16 baseline (LlamaGen's plain GPT on the same codes), concat fusion, 50,000 samples, FID
+# with LlamaGen's evaluator against VIRTUAL_imagenet256_labeled.npz:
+#   GPT-B 50 epochs, GPT-B 300 epochs, GPT-L 50 epochs.
+#   bash configs/llamagen/table4.sh [SIZE]     # default 256 (TokLIP-S codes); 384 uses TokLIP-L
+# Stages: extract_codes.sh once, then row.sh per row (train_c2i.sh, sample_c2i.sh, fid.sh).
+# Settings: env.sh (DRY_RUN=1 prints the commands).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/env.sh"
-for SIZE in ${2:-256 384}; do
-  [ -d "$(code_path "$SIZE")" ] || bash "$HERE/extract_codes.sh" "$SIZE"
-  for MODEL in ${1:-GPT-B GPT-L}; do
-    bash "$HERE/train_c2i.sh" "$MODEL" "$SIZE"
-    CKPT=$(ls -t "$WORK"/results/*-"$MODEL-toklip"/checkpoints/*.pt | head -1)
-    bash "$HERE/sample_c2i.sh" "$MODEL" "$SIZE" "$CKPT"
-    bash "$HERE/fid.sh" "$(ls -t "$WORK"/samples/"$MODEL-toklip"-*.npz | head -1)"
-  done
+SIZE=${1:-256}
+[[ -d "$(code_path "$SIZE")" ]] || bash "$HERE/extract_codes.sh" "$SIZE"
+for ROW in "GPT-B 50" "GPT-B 300" "GPT-L 50"; do
+  read -r MODEL EPOCHS <<< "$ROW"
+  bash "$HERE/row.sh" "$MODEL" "$SIZE" "$EPOCHS" 50000
+  TOKLIP_FUSION=concat bash "$HERE/row.sh" "$MODEL-toklip" "$SIZE" "$EPOCHS" 50000
 done

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Stage 1 (LLaVA-1.5 recipe): train the 2-layer MLP projector on LLaVA-Pretrain-558K; LLM and
-# TokLIP tower frozen. Global batch 256, lr 1e-3, 1 epoch, DeepSpeed ZeRO-2.
+# Table 1, stage 1 (LLaVA-1.5 recipe): train the 2-layer MLP projector on LLaVA-Pretrain-558K
+# (LCS-558K); LLM and tower frozen. Global batch 256, lr 1e-3, 1 epoch, DeepSpeed ZeRO-2.
 #   bash configs/llava/pretrain.sh configs/llava/toklip-l_qwen2.5-7b.sh
 # Needs: pip install --no-deps llava-torch==1.2.2.post1; pip install "toklip-plugin[llava]" deepspeed;
 # toklip-patch llava. Settings: see common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 launch \
+  --model_name_or_path "$LLM" \
   --deepspeed "$HERE/zero2.json" \
   --version plain \
   --data_path "$DATA_ROOT/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" \

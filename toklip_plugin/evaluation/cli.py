@@ -17,10 +17,11 @@ import torch
 
 from ..checkpoints import CheckpointError, load_vq_checkpoint
 from ..factory import get_tokenizer, get_transform, load_toklip
+from ..models.teacher import TeacherConfig, build_teacher
 from ..models.vq import VQModel
+from ..precision import AMP_DTYPES
 from .data import ImageFiles, WebDatasetImages, class_folder, image_files, make_loader, read_captions, read_classnames
 from .results import markdown_table, write_results
-from .runtime import AMP_DTYPES
 
 __all__ = ["main", "build_parser"]
 
@@ -73,15 +74,14 @@ def cmd_retrieval(args: argparse.Namespace) -> dict:
 
 
 def _teacher(args: argparse.Namespace, model):
-    from ..train.config import TeacherSection, load_train_config
-    from ..train.teacher import build_teacher
-
     if args.teacher_config:
+        from ..train.config import load_train_config  # a CLI may reach across layers: the teacher section
+
         section = load_train_config(args.teacher_config).teacher
         if args.teacher_checkpoint:
             section = dataclasses.replace(section, checkpoint=args.teacher_checkpoint)
     elif args.teacher:
-        section = TeacherSection(open_clip=args.teacher, pretrained=args.teacher_pretrained)
+        section = TeacherConfig(open_clip=args.teacher, pretrained=args.teacher_pretrained)
     else:
         raise ValueError("name the teacher: --teacher ViT-SO400M-16-SigLIP2-256 (open_clip) "
                          "or --teacher-config a training config with its teacher section")

@@ -12,7 +12,6 @@ ALBEF/BLIP ``coco_karpathy_test.json`` / ``flickr30k_test.json``
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,10 +19,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ..cli import IMAGE_SUFFIXES
+from ..io import IMAGE_SUFFIXES, SKIPPABLE_ERRORS, WDS_IMAGE_KEYS, expand_shards, is_image_file, open_image
 
 __all__ = [
     "Batch",
@@ -36,7 +34,6 @@ __all__ = [
     "image_files",
 ]
 
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 WNID = re.compile(r"^n\d{8}$")
 PathLike = Union[str, Path]
 
@@ -54,12 +51,6 @@ class Batch:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _load(source: Union[Path, bytes], transform: Callable) -> torch.Tensor:
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        image.load()
-        return transform(image)
-
-
 class ImageFiles(Dataset):
     """Image files with one integer target each (a class label, or the image's own index)."""
 
@@ -73,8 +64,8 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return _load(self.paths[i], self.transform), self.targets[i]
-        except UNREADABLE as err:
+            return open_image(self.paths[i], self.transform), self.targets[i]
+        except SKIPPABLE_ERRORS as err:
             return Skipped(str(self.paths[i]), f"{type(err).__name__}: {err}")
 
 
@@ -82,8 +73,6 @@ class WebDatasetImages(IterableDataset):
     """ImageNet-style webdataset shards: an image (``jpg``/``jpeg``/``png``/``webp``) and a ``cls`` label per sample."""
 
     def __init__(self, shards: str, transform: Callable):
-        from ..train.data import expand_shards
-
         self.shards = expand_shards(shards)
         missing = [s for s in self.shards if "://" not in s and not s.startswith("pipe:") and not Path(s).is_file()]
         if missing:
@@ -101,11 +90,11 @@ class WebDatasetImages(IterableDataset):
     def _decode(self, sample: dict):
         name = f"{sample.get('__url__')}:{sample.get('__key__')}"
         try:
-            data = next((sample[e] for e in ("jpg", "jpeg", "png", "webp") if e in sample), None)
+            data = next((sample[e] for e in WDS_IMAGE_KEYS if e in sample), None)
             if data is None or "cls" not in sample:
-                raise ValueError(f"sample needs an image (jpg/jpeg/png/webp) and a cls label, has {sorted(sample)}")
-            return _load(data, self.transform), int(sample["cls"].decode().strip())
-        except UNREADABLE as err:
+                raise ValueError(f"sample needs an image ({'/'.join(WDS_IMAGE_KEYS)}) and a cls label, has {sorted(sample)}")
+            return open_image(data, self.transform), int(sample["cls"].decode().strip())
+        except SKIPPABLE_ERRORS as err:
             return Skipped(name, f"{type(err).__name__}: {err}")
 
 
@@ -130,11 +119,11 @@ def image_files(source: PathLike) -> list[Path]:
         lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
         files = [source.parent / line for line in lines]
     elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in source.rglob("*") if is_image_file(p))
     else:
         raise FileNotFoundError(f"{source} is neither an image folder nor a .txt list of image paths")
     if not files:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {source}")
     return files
 
 
@@ -159,7 +148,7 @@ def class_folder(root: PathLike) -> tuple[list[Path], list[int], list[str]]:
                                 "(ImageNet val: ROOT/n01440764/ILSVRC2012_val_00000293.JPEG, ...)")
     paths, labels = [], []
     for label, folder in enumerate(folders):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.rglob("*") if is_image_file(p))
         paths.extend(files)
         labels.extend([label] * len(files))
     return paths, labels, _folder_classnames([f.name for f in folders])

@@ -1,8 +1,8 @@
 """Feature analysis (the paper's Section 3.3 / Figure 3): how close TokLIP's features are to its SigLIP teacher's.
 
 For every image: the cosine similarity of the pooled embeddings, and the mean over grid positions
-of the per-token cosine similarity (the teacher's token grid is area-resampled to TokLIP's when
-their resolutions differ). The pooled features of TokLIP, the teacher and the raw VQ codes (the
+of the per-token cosine similarity (the teacher's token grid is resampled to TokLIP's when their
+resolutions differ, by the same function that makes the all-token distillation target). The pooled features of TokLIP, the teacher and the raw VQ codes (the
 mean code vector) are kept for a t-SNE plot.
 """
 from __future__ import annotations
@@ -13,32 +13,20 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..models.teacher import resample_token_grid
 from .runtime import run_batches
 
-__all__ = ["teacher_similarity", "match_token_grid", "plot_tsne"]
-
-
-def match_token_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
-    """``[B, g*g, C]`` tokens of a square grid -> ``[B, grid*grid, C]`` by area resampling."""
-    b, n, c = tokens.shape
-    side = int(round(n**0.5))
-    if side * side != n:
-        raise ValueError(f"teacher tokens ({n}) do not form a square grid")
-    if side == grid:
-        return tokens
-    image = tokens.transpose(1, 2).reshape(b, c, side, side)
-    return F.adaptive_avg_pool2d(image, grid).flatten(2).transpose(1, 2)
+__all__ = ["teacher_similarity", "plot_tsne"]
 
 
 def _features(model, teacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
     codes = model.tokenize(images)
-    tokens = model.encode_codes(codes)
-    pooled = model.pool_tokens(tokens)
+    tokens, pooled = model.encode_codes_and_pool(codes)
     t_pooled, t_tokens = teacher.image_features(images)
     if t_tokens.shape[-1] != tokens.shape[-1]:
         raise ValueError(f"teacher width {t_tokens.shape[-1]} differs from TokLIP's {tokens.shape[-1]}; "
                          "compare a TokLIP with the teacher it was distilled from")
-    t_tokens = match_token_grid(t_tokens, model.grid_size)
+    t_tokens = resample_token_grid(t_tokens, tokens.shape[1])
     return {
         "pooled_cosine": F.cosine_similarity(pooled, t_pooled, dim=-1),
         "token_cosine": F.cosine_similarity(tokens, t_tokens, dim=-1).mean(dim=1),
@@ -51,7 +39,7 @@ def _features(model, teacher, images: torch.Tensor) -> dict[str, torch.Tensor]:
 def teacher_similarity(model, teacher, loader, device: torch.device, amp: str = "none",
                        total: Optional[int] = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(summary, per-image features and labels) for TokLIP ``model`` vs ``teacher`` (``image_features(images)``
-    returning ``(pooled, tokens)``, e.g. ``toklip_plugin.train.teacher.SigLIPTeacher``)."""
+    returning ``(pooled, tokens)``, e.g. ``toklip_plugin.models.teacher.SigLIPTeacher``)."""
     encoded = run_batches(lambda x: _features(model, teacher, x), loader, device, amp, desc="similarity", total=total)
     f = encoded.features
     summary = {

@@ -7,9 +7,10 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from ..precision import autocast
 from .data import ImageFiles, make_loader
 from .metrics import caption_positives, retrieval_recall
-from .runtime import autocast, run_batches
+from .runtime import run_batches
 
 __all__ = ["encode_texts", "evaluate_retrieval"]
 

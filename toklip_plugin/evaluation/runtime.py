@@ -1,27 +1,16 @@
 """Running a model over a loader: device, mixed precision, progress bar, skipped-file bookkeeping."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
 from tqdm import tqdm
 
+from ..precision import autocast
 from .data import Batch, Skipped
 
-__all__ = ["AMP_DTYPES", "autocast", "Encoded", "run_batches"]
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, amp: str):
-    """``torch.autocast`` for ``amp`` in :data:`AMP_DTYPES` (``none`` runs in the model's dtype)."""
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
-    if AMP_DTYPES[amp] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+__all__ = ["Encoded", "run_batches"]
 
 
 @dataclass

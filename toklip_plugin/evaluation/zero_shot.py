@@ -7,8 +7,9 @@ import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
+from ..precision import autocast
 from .metrics import zero_shot_accuracy
-from .runtime import autocast, run_batches
+from .runtime import run_batches
 
 __all__ = ["TEMPLATES", "class_embeddings", "evaluate_zero_shot"]
 

@@ -27,11 +27,13 @@ class TokLIP(nn.Module):
         self.config = config
         self.vq = VQModel(config.vq)
         self.encoder = TokenEncoder(
-            config.encoder, config.num_tokens, config.vq.codebook_embed_dim, config.vq.codebook_size
+            config.encoder, config.num_tokens, config.vq.codebook_embed_dim, config.vq.codebook_size, config.embed_dim
         )
         self.text = build_text_tower(config.text, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        # a model trained with InfoNCE has no bias at all (no key in its files), as in open_clip's CLIP
+        bias = None if config.init_logit_bias is None else nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.register_parameter("logit_bias", bias)
         self.vq.requires_grad_(False)
 
     # sizes -----------------------------------------------------------------------------
@@ -71,13 +73,25 @@ class TokLIP(nn.Module):
         codebook = self.vq.quantize.codebook()
         if layer is None:
             return self.encoder.forward_features(codes, codebook, attn_mask)
-        return self.encoder.forward_blocks(self.encoder.embed_codes(codes, codebook), attn_mask)[layer]
+        return self.encoder.hidden_states(codes, codebook, attn_mask)[layer]
+
+    def encode_codes_and_pool(self, codes: torch.Tensor, normalize: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes ``[B, n]`` -> (semantic tokens ``[B, n, d]``, pooled embedding ``[B, E]``) in one pass.
+
+        Works for every pooling; ``tok`` pooling (the class token) needs it, since the semantic
+        tokens leave the class token out. ``normalize`` applies to the pooled embedding.
+        """
+        self._check_codes(codes)
+        tokens, pooled = self.encoder.forward_pooled(codes, self.vq.quantize.codebook())
+        return tokens, F.normalize(pooled, dim=-1) if normalize else pooled
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images -> pooled image embedding ``[B, E]``."""
-        return self.pool_tokens(self.encode_codes(self.tokenize(images)), normalize)
+        return self.encode_codes_and_pool(self.tokenize(images), normalize)[1]
 
     def pool_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Semantic tokens -> pooled embedding, for ``map`` pooling (see :meth:`encode_codes_and_pool`)."""
         pooled = self.encoder.forward_head(tokens)
         return F.normalize(pooled, dim=-1) if normalize else pooled
 
@@ -96,10 +110,17 @@ class TokLIP(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """SigLIP logits ``exp(logit_scale) * img_n @ txt_n.T + logit_bias``."""
+        """``exp(logit_scale) * img_n @ txt_n.T``, plus ``logit_bias`` when the model has one (SigLIP)."""
         img = F.normalize(image_emb, dim=-1)
         txt = F.normalize(text_emb, dim=-1)
-        return self.logit_scale.exp() * img @ txt.t() + self.logit_bias
+        logits = self.logit_scale.exp() * img @ txt.t()
+        return logits if self.logit_bias is None else logits + self.logit_bias
+
+    def text_probs(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """``[images, texts]`` scores as its objective defines them: a softmax over the texts (InfoNCE, the
+        official inference) for a model without a bias; an independent sigmoid per pair (SigLIP) with one."""
+        logits = self.logits(image_emb, text_emb)
+        return logits.softmax(dim=-1) if self.logit_bias is None else logits.sigmoid()
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor):
         return self.encode_image(images, normalize=True), self.encode_text(text_ids, normalize=True)

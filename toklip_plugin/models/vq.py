@@ -1,4 +1,4 @@
-"""LlamaGen's VQ image tokenizer (VQ-16 / VQ-8), re-implemented with LlamaGen's names.
+"""LlamaGen's VQ image tokenizer (VQ-16), re-implemented with LlamaGen's names.
 
 Module and parameter names match ``tokenizer/tokenizer_image/vq_model.py`` of LlamaGen
 (``encoder``, ``quant_conv``, ``quantize.embedding``, ``quantize.codebook_used``,
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..config import VQConfig
 
-__all__ = ["VQModel", "VectorQuantizer", "VQ_16", "VQ_8"]
+__all__ = ["VQModel", "VectorQuantizer"]
 
 _CODEBOOK_USAGE_WINDOW = 65536  # size of LlamaGen's persistent `codebook_used` buffer
 
@@ -238,15 +238,3 @@ class VQModel(nn.Module):
     def forward(self, x: torch.Tensor):
         quant, diff, _ = self.encode(x)
         return self.decode(quant), diff
-
-
-def _vq_factory(ch_mult: tuple[int, ...]):
-    def build(codebook_size: int = 16384, codebook_embed_dim: int = 8, **ignored) -> VQModel:
-        """LlamaGen factory signature; training-only kwargs (commit_loss_beta, ...) are accepted and unused."""
-        return VQModel(VQConfig(codebook_size=codebook_size, codebook_embed_dim=codebook_embed_dim, ch_mult=ch_mult))
-
-    return build
-
-
-VQ_16 = _vq_factory((1, 1, 2, 2, 4))
-VQ_8 = _vq_factory((1, 2, 2, 4))

@@ -14,7 +14,8 @@ import argparse
 from typing import Optional, Sequence
 
 from .config import list_train_configs, load_train_config
-from .loop import Trainer
+from .state import ResumeError
+from .trainer import Trainer
 
 __all__ = ["main"]
 
@@ -27,6 +28,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides with YAML values, e.g. optim.lr=1e-4 run.precision=fp32")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--allow-config-change", metavar="KEY[,KEY]", default="",
+                        help="resume output_dir although these config keys (or sections) changed since its checkpoint, "
+                             "e.g. optim.lr or loss")
     parser.add_argument("--build-cache", metavar="OUT.safetensors",
                         help="tokenize the config's training data once (frozen VQ, tokenizer, teacher) into a code "
                              "cache for data.kind=cache data.train=OUT.safetensors, and exit")
@@ -51,7 +55,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"[toklip-train] code cache {built['path']}: {built['samples']} samples, {built['skipped']} skipped "
               "because they failed to decode")
         return
-    Trainer(config).fit()
+    allowed = [key for key in args.allow_config_change.split(",") if key]
+    try:
+        Trainer(config, allow_config_change=allowed).fit()
+    except ResumeError as err:  # a checkpoint this config must not resume: say why, without a traceback
+        raise SystemExit(f"toklip-train: {err}") from None
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from ..config import TokLIPConfig, config_from_dict
+from ..config import TokLIPConfig, config_from_dict, reject_unknown_keys
 from ..factory import resolve_config
+from ..io import atomic_path
+from ..models.teacher import TeacherConfig
 from ..resources import data_dir
 
 __all__ = [
-    "ModelSection", "TeacherSection", "DataSection", "LossSection", "OptimSection", "RunSection",
+    "ModelSection", "DataSection", "LossSection", "OptimSection", "RunSection",
     "TrainConfig", "list_train_configs", "load_train_config", "train_config_from_dict",
 ]
 
@@ -28,17 +30,9 @@ __all__ = [
 class ModelSection:
     name: str = "toklip-tiny"  # a TokLIP model name, saved directory or config file
     overrides: dict = field(default_factory=dict)  # merged into the model config, e.g. {encoder: {causal: false}}
-    init: Optional[str] = "teacher"  # token encoder: "teacher" (its SigLIP2 ViT), a state-dict file, or null
+    init: Optional[str] = "teacher"  # token encoder: "teacher" (its SigLIP2 or open_clip ViT), a state-dict file, or null
     text_init: Optional[str] = "teacher"  # text tower + logit scale/bias: "teacher", a state-dict file, or null
     vq_checkpoint: Optional[str] = None  # LlamaGen VQ weights, a path or "released"
-
-
-@dataclass
-class TeacherSection:
-    open_clip: Optional[str] = None  # an open_clip model name, e.g. ViT-SO400M-16-SigLIP2-256
-    pretrained: Optional[str] = None  # open_clip pretrained tag or file
-    timm_kwargs: dict = field(default_factory=dict)  # a custom timm ViT trunk (tests, demo) instead of open_clip
-    checkpoint: Optional[str] = None  # open_clip-layout weights for the custom trunk + text tower
 
 
 @dataclass
@@ -49,18 +43,32 @@ class DataSection:
     caption_key: str = "caption"  # CSV/JSONL column or json-field holding the caption
     shuffle_buffer: int = 1000
     workers: int = 0
+    num_samples: Optional[int] = None  # samples in one epoch (open_clip's --train-num-samples), for optim.epochs
+    augment: bool = True  # images: the official random-resized-crop training transform; false: the eval transform
+    min_size: Optional[int] = None  # skip images whose width or height is below this many pixels (null: keep all)
 
     def __post_init__(self) -> None:
         if self.kind not in ("wds", "csv", "jsonl", "cache"):
             raise ValueError(f"data.kind must be one of wds, csv, jsonl, cache; got {self.kind!r}")
+        for name in ("num_samples", "min_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be a positive integer or null; got {getattr(self, name)}")
+
+    def keeps_image(self, width: int, height: int) -> bool:
+        """Whether a decoded image of this size passes ``min_size`` (the paper filters low-resolution images;
+        the official filter keeps an image when both sides are at least the threshold, 300 there)."""
+        return self.min_size is None or min(width, height) >= self.min_size
 
 
 @dataclass
 class LossSection:
-    contrastive: str = "sigmoid"  # "sigmoid" (SigLIP), "infonce" (CLIP softmax) or "none"
+    """The paper's objective by default: InfoNCE + 1000 x MSE of the l2-normalised pooled embeddings."""
+
+    contrastive: str = "infonce"  # "infonce" (CLIP softmax, the paper), "sigmoid" (SigLIP; needs a logit_bias), "none"
     contrastive_weight: float = 1.0
-    distill_weight: float = 1.0  # MSE of the pooled embedding to the teacher's
-    token_distill_weight: float = 0.0  # MSE of every semantic token to the teacher's tokens
+    distill_weight: float = 1000.0  # x MSE of the l2-normalised pooled embedding to the teacher's (official: 1000)
+    token_distill_weight: float = 0.0  # x MSE of every semantic token to the teacher's token at its grid position
+    token_distill_normalize: bool = True  # l2-normalise each token first; false: raw tokens (official DistillClipLoss)
     sigmoid_dist_impl: str = "gather"  # open_clip SigLipLoss exchange: gather, bidir, shift, reduce
 
     def __post_init__(self) -> None:
@@ -75,10 +83,12 @@ class OptimSection:
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 500
-    steps: int = 10000
+    steps: Optional[int] = None  # optimizer steps to train; or give epochs (with data.num_samples) instead
+    epochs: Optional[int] = None  # passes over data.num_samples samples, as open_clip_train counts them
     batch_size: int = 512  # global batch, summed over ranks and accumulation steps
     accum_steps: int = 1
     grad_clip: Optional[float] = 1.0
+    decay_pos_embed: bool = False  # weight decay on the position embedding too (the official trainer decays it)
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads "1e-5" (no dot) as a string; accept it as the number it means.
@@ -87,6 +97,24 @@ class OptimSection:
         if self.batch_size % self.accum_steps:
             raise ValueError(f"optim.batch_size {self.batch_size} is not divisible by optim.accum_steps "
                              f"{self.accum_steps}")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"optim.steps ({self.steps}) and optim.epochs ({self.epochs}) both set the length of the "
+                             "run; keep one (e.g. optim.epochs=null optim.steps=100 for a short run)")
+        for name in ("steps", "epochs"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"optim.{name} must be a positive integer or null; got {getattr(self, name)}")
+
+    def total_steps(self, num_samples: Optional[int]) -> int:
+        """Optimizer steps of the run: ``steps``, or ``epochs`` x ceil(``num_samples`` / ``batch_size``), the
+        steps per epoch open_clip_train counts (its further rounding to whole batches per data worker aside)."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is None:
+            raise ValueError("the run has no length: set optim.steps, or optim.epochs with data.num_samples")
+        if not num_samples:
+            raise ValueError(f"optim.epochs ({self.epochs}) needs data.num_samples, the samples in one epoch "
+                             "(open_clip's --train-num-samples)")
+        return self.epochs * -(-num_samples // self.batch_size)  # ceil division
 
 
 @dataclass
@@ -105,6 +133,7 @@ class RunSection:
     wandb: bool = False
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
     text_cache_size: int = 65536  # frozen text-tower outputs kept per distinct caption (LRU); 0: off
+    max_nonfinite_steps: int = 10  # non-finite loss / gradient steps in a row (each skipped) before the run stops
 
     def __post_init__(self) -> None:
         if self.text_cache_size < 0:
@@ -115,14 +144,14 @@ class RunSection:
             raise ValueError(f"run.distributed must be ddp or fsdp; got {self.distributed!r}")
 
 
-_SECTIONS = {"model": ModelSection, "teacher": TeacherSection, "data": DataSection,
+_SECTIONS = {"model": ModelSection, "teacher": TeacherConfig, "data": DataSection,
              "loss": LossSection, "optim": OptimSection, "run": RunSection}
 
 
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    teacher: TeacherSection = field(default_factory=TeacherSection)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataSection = field(default_factory=DataSection)
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -144,7 +173,8 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        with atomic_path(path) as tmp:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
@@ -154,10 +184,7 @@ def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     sections = {}
     for name, cls in _SECTIONS.items():
         values = dict(data.get(name) or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(values) - known)
-        if bad:
-            raise ValueError(f"unknown key(s) {bad} in train-config section {name!r}; known: {sorted(known)}")
+        reject_unknown_keys(values, cls, f"train-config section {name!r}")
         sections[name] = cls(**values)
     return TrainConfig(**sections)
 

@@ -15,9 +15,8 @@ at batch ``k`` replays the stream up to ``k`` without running any model.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
-import glob
-import io
 import json
 import random
 from dataclasses import dataclass
@@ -29,14 +28,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..io import SKIPPABLE_ERRORS, WDS_IMAGE_KEYS, expand_shards, open_image
 from .config import DataSection
 
-__all__ = ["StreamPosition", "SampleStream", "build_loader", "expand_shards", "read_rows", "source_records",
-           "IMAGE_EXTS"]
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-# Errors that mean "this sample is broken": unreadable image, missing field, bad JSON / UTF-8.
-SAMPLE_ERRORS = (OSError, ValueError, KeyError, TypeError, SyntaxError, Image.DecompressionBombError)
+__all__ = ["StreamPosition", "SampleStream", "SampleDecoder", "build_loader", "read_rows", "source_records"]
 
 
 @dataclass(frozen=True)
@@ -46,19 +41,6 @@ class StreamPosition:
     rank: int = 0
     world_size: int = 1
     batches: int = 0
-
-
-def expand_shards(spec: str) -> list[str]:
-    """``"a/{000..009}.tar::b/*.tar"`` -> sorted list of shard paths (brace lists and globs)."""
-    from webdataset.shardlists import expand_urls
-
-    shards: list[str] = []
-    for url in expand_urls(spec):
-        matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
-        shards.extend(matches)
-    if not shards:
-        raise FileNotFoundError(f"no shards match {spec!r}; give paths, globs or brace lists joined by '::'")
-    return shards
 
 
 def read_rows(path: str, kind: str) -> list[dict]:
@@ -147,10 +129,11 @@ class SampleStream(IterableDataset):
         skipped, epoch = 0, 0
         while True:
             usable = 0
-            for record in self._records(epoch, slot, num_slots):
+            for index, record in enumerate(self._records(epoch, slot, num_slots)):
                 try:
-                    buffer.append(self.decode(record))
-                except SAMPLE_ERRORS:
+                    with _sample_rng(self.seed, epoch, slot, index):
+                        buffer.append(self.decode(record))
+                except SKIPPABLE_ERRORS:
                     skipped += 1
                     continue
                 usable += 1
@@ -163,6 +146,16 @@ class SampleStream(IterableDataset):
             epoch += 1
 
 
+@contextlib.contextmanager
+def _sample_rng(seed: int, epoch: int, slot: int, index: int) -> Iterator[None]:
+    """Random augmentation of a sample drawn from its own seed (run seed, epoch, slot, position), not from the
+    process's RNG: a resumed stream, which replays the samples before its position, crops every later sample
+    as the uninterrupted run did, with or without worker processes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(hash((seed, epoch, slot, index)) & (2**63 - 1))  # tuples of ints hash stably
+        yield
+
+
 def _collate(samples: Sequence[dict[str, torch.Tensor]], skipped: int) -> dict[str, torch.Tensor]:
     batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
     batch["skipped"] = torch.tensor(skipped)
@@ -170,7 +163,7 @@ def _collate(samples: Sequence[dict[str, torch.Tensor]], skipped: int) -> dict[s
 
 
 # decoding --------------------------------------------------------------------------------
-class Decoder:
+class SampleDecoder:
     """Record -> ``{"images": [3,S,S], "text": [L]}`` (or the cached tensors); raises on a broken sample."""
 
     def __init__(self, config: DataSection, transform: Callable, tokenizer: Callable):
@@ -184,17 +177,21 @@ class Decoder:
         if kind == "cache":
             return record
         if kind == "wds":
-            image_bytes = next((record[e] for e in IMAGE_EXTS if e in record), None)
-            if image_bytes is None:
-                raise KeyError(f"sample {record.get('__key__')} has no image ({'/'.join(IMAGE_EXTS)})")
-            image, caption = Image.open(io.BytesIO(image_bytes)), self._wds_caption(record)
+            image = next((record[e] for e in WDS_IMAGE_KEYS if e in record), None)
+            if image is None:
+                raise KeyError(f"sample {record.get('__key__')} has no image ({'/'.join(WDS_IMAGE_KEYS)})")
+            caption = self._wds_caption(record)
         else:
             path = Path(record[self.config.image_key])
-            image, caption = Image.open(path if path.is_absolute() else self.root / path), record[self.config.caption_key]
+            image, caption = (path if path.is_absolute() else self.root / path), record[self.config.caption_key]
         if not isinstance(caption, str) or not caption.strip():
             raise ValueError("empty caption")
-        image.load()
-        return {"images": self.transform(image), "text": self.tokenizer([caption])[0]}
+        return {"images": open_image(image, self._transform), "text": self.tokenizer([caption])[0]}
+
+    def _transform(self, image: Image.Image) -> torch.Tensor:
+        if not self.config.keeps_image(image.width, image.height):  # skipped and counted like a broken sample
+            raise ValueError(f"image of {image.width}x{image.height} is below data.min_size={self.config.min_size}")
+        return self.transform(image)
 
     def _wds_caption(self, record: dict) -> str:
         if "txt" in record:
@@ -207,6 +204,6 @@ class Decoder:
 def build_loader(config: DataSection, transform: Callable, tokenizer: Callable, batch_size: int,
                  position: StreamPosition, seed: int) -> DataLoader:
     """A DataLoader over one rank's :class:`SampleStream` (batching happens in the workers)."""
-    stream = SampleStream(config, Decoder(config, transform, tokenizer), batch_size, position, seed)
+    stream = SampleStream(config, SampleDecoder(config, transform, tokenizer), batch_size, position, seed)
     return DataLoader(stream, batch_size=None, num_workers=config.workers,
                       persistent_workers=False, prefetch_factor=2 if config.workers else None)

@@ -3,9 +3,14 @@
 Because the encoder is causal, the semantic feature of code j depends on codes 0..j only.
 During sampling the fused GPT therefore needs one encoder step per new code: embed it,
 attend to the cached keys/values of 0..j, and write its own. This module drives the weights
-of a :class:`~toklip_plugin.models.token_encoder.TokenEncoder` (timm ``Block``s: ``norm1``,
-``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp``) so that the step gives what the full causal
-forward gives on the same prefix, without re-encoding the prefix.
+of a :class:`~toklip_plugin.models.token_encoder.TokenEncoder` (its ``embed_codes``, with
+``norm_pre`` when it has one, then timm ``Block``s: ``norm1``, ``attn.qkv``, ``attn.proj``,
+``norm2``, ``mlp``) so that the step gives what the full causal forward gives on the same
+prefix, without re-encoding the prefix.
+
+An encoder with a class token (the OpenCLIP ablation model) works too: the class token is
+appended after the codes, and under causal attention no code attends to it, so the code
+features need nothing of it (only the pooled embedding does, which generation does not use).
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ class CachedTokenEncoder(nn.Module):
         """
         if self.k_cache is None:
             raise RuntimeError("call setup_cache(max_batch_size, dtype) before step()")
-        x = self.encoder.map_codes(codes, self.codebook) + self.encoder.pos_embed[:, pos]
+        x = self.encoder.embed_codes(codes, self.codebook, positions=pos)
         visible = (torch.arange(self.num_tokens, device=codes.device) <= pos)[None]  # [1 query, num_tokens]
         for i, block in enumerate(self.encoder.blocks):
             x = x + block.drop_path1(block.ls1(self._attend(block.attn, block.norm1(x), i, pos, visible)))

@@ -4,16 +4,19 @@ A LlamaGen ``Transformer`` whose input at each image position fuses the code emb
 with TokLIP's semantic feature of the codes so far (the paper's Table 4 / Table 7 setup).
 What it adds to the plain GPT, all in :class:`TokLIPTransformer`:
 
-- ``toklip``: a frozen causal TokLIP encoder and its code table (kept in the state dict, so
-  train_c2i checkpoints are self-contained and resume strictly);
+- ``token_encoder``: a frozen causal TokLIP encoder and its code table (kept in the state dict,
+  so train_c2i checkpoints are self-contained and resume strictly; checkpoints written before
+  the rename, with ``toklip.*`` keys, still load);
 - ``fusion``: ``concat`` (default; ``[code_emb, feature] @ W``), ``sum`` or ``weighted_sum``,
   initialised so that the fused GPT starts out as the plain GPT;
 - a second KV cache, for the encoder: in decode, one encoder step per new code.
 
-LlamaGen's scripts call a factory with ModelArgs fields only, so the factory finds TokLIP
-itself: the built-in config whose grid matches ``block_size`` (256 -> ``toklip-s``,
-576 -> ``toklip-l``) with its released weights, or ``$TOKLIP_MODEL`` / ``$TOKLIP_CHECKPOINT``
-(and ``$TOKLIP_FUSION``). Python callers pass ``toklip=``, ``toklip_checkpoint=``, ``fusion=``.
+One factory per size in :data:`~.gpt.GPT_SIZES` (``GPT_B_toklip``, ... : the names the
+``llamagen.gpt_models`` entry points in pyproject.toml point at). LlamaGen's scripts call a
+factory with ModelArgs fields only, so the factory finds TokLIP itself: the built-in config
+whose grid matches ``block_size`` (256 -> ``toklip-s``, 576 -> ``toklip-l``) with its released
+weights, or ``$TOKLIP_MODEL`` / ``$TOKLIP_CHECKPOINT`` (and ``$TOKLIP_FUSION``). Python callers
+pass ``toklip=``, ``toklip_checkpoint=``, ``fusion=``.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import torch.nn as nn
 from ...factory import RELEASED, load_toklip, resolve_config
 from ...models.toklip import TokLIP
 from .cached_encoder import CachedTokenEncoder
-from .gpt import ModelArgs, Transformer, model_args
+from .gpt import GPT_SIZES, ModelArgs, Transformer, model_args
 
 __all__ = ["TokLIPTransformer", "FUSIONS", "build_fused_gpt", "load_frozen_toklip", "GPT_models"]
 
@@ -83,13 +86,14 @@ class TokLIPTransformer(Transformer):
         _check_compatible(config, toklip)
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        self.toklip = CachedTokenEncoder(toklip.encoder, toklip.vq.quantize.codebook())
-        self.fusion = FUSIONS[fusion](config.dim, self.toklip.width)
+        self.token_encoder = CachedTokenEncoder(toklip.encoder, toklip.vq.quantize.codebook())
+        self.fusion = FUSIONS[fusion](config.dim, self.token_encoder.width)
         self.cfg_halves = False  # set at prefill: rows are generate()'s [conditional; null] halves
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def setup_caches(self, max_batch_size: int, max_seq_length: int, dtype: torch.dtype) -> None:
         super().setup_caches(max_batch_size, max_seq_length, dtype)
-        self.toklip.setup_cache(max_batch_size, dtype)
+        self.token_encoder.setup_cache(max_batch_size, dtype)
 
     def forward(self, idx, cond_idx, input_pos=None, targets=None, mask=None, valid=None):
         if idx is None and cond_idx is not None:  # prefill: a new generation starts
@@ -100,7 +104,7 @@ class TokLIPTransformer(Transformer):
         _check_codes(idx, self.vocab_size, self.block_size)
         with torch.no_grad():  # the encoder is frozen
             if input_pos is None:
-                features = self.toklip(idx)
+                features = self.token_encoder(idx)
             else:
                 features = self._decode_features(idx, input_pos)
         return self.fusion(self.tok_embeddings(idx), features)
@@ -115,12 +119,12 @@ class TokLIPTransformer(Transformer):
         if not torch.compiler.is_compiling():
             _check_position(input_pos, self.cls_token_num, self.block_size)
         if not self.cfg_halves:
-            return self.toklip.step(idx, pos)
+            return self.token_encoder.step(idx, pos)
         half = idx.shape[0] // 2
         if not torch.compiler.is_compiling() and not torch.equal(idx[:half], idx[half:]):
             raise ValueError("after a classifier-free-guidance prefill ([conditional; null] halves) every decode "
                              "batch must be [x; x] (as LlamaGen's generate() builds it), but the halves differ")
-        return self.toklip.step(idx[:half], pos).repeat(2, 1, 1)
+        return self.token_encoder.step(idx[:half], pos).repeat(2, 1, 1)
 
     def _is_cfg_batch(self, cond_idx: torch.Tensor) -> bool:
         """True when the prefill batch is [conditional rows; as many null rows] (CFG).
@@ -147,6 +151,14 @@ class TokLIPTransformer(Transformer):
             return cond_idx.reshape(len(cond_idx), -1)[:, 0] == self.num_classes
         uncond = self.cls_embedding.uncond_embedding.to(cond_idx.dtype)
         return (cond_idx == uncond).flatten(1).all(dim=1)
+
+
+def _rename_legacy_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: keys of checkpoints written before ``toklip`` (the cached encoder)
+    was renamed ``token_encoder`` (``toklip.encoder.*``, ``toklip.codebook``) are renamed in place."""
+    old = prefix + "toklip."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "token_encoder." + key[len(old):]] = state_dict.pop(key)
 
 
 # checks: clear errors instead of index errors deep inside -----------------------------------
@@ -218,19 +230,7 @@ def build_fused_gpt(size: str, toklip=None, toklip_checkpoint=None, fusion: Opti
     return TokLIPTransformer(config, toklip, fusion or os.environ.get(FUSION_ENV, "concat"))
 
 
-# one named factory per LlamaGen size, for the entry points
-GPT_B_toklip = partial(build_fused_gpt, "GPT-B")
-GPT_L_toklip = partial(build_fused_gpt, "GPT-L")
-GPT_XL_toklip = partial(build_fused_gpt, "GPT-XL")
-GPT_XXL_toklip = partial(build_fused_gpt, "GPT-XXL")
-GPT_XXXL_toklip = partial(build_fused_gpt, "GPT-XXXL")
-GPT_1B_toklip = partial(build_fused_gpt, "GPT-1B")
-GPT_3B_toklip = partial(build_fused_gpt, "GPT-3B")
-GPT_7B_toklip = partial(build_fused_gpt, "GPT-7B")
-
-
-GPT_models = {
-    "GPT-B-toklip": GPT_B_toklip, "GPT-L-toklip": GPT_L_toklip, "GPT-XL-toklip": GPT_XL_toklip,
-    "GPT-XXL-toklip": GPT_XXL_toklip, "GPT-XXXL-toklip": GPT_XXXL_toklip,
-    "GPT-1B-toklip": GPT_1B_toklip, "GPT-3B-toklip": GPT_3B_toklip, "GPT-7B-toklip": GPT_7B_toklip,
-}
+# one factory per LlamaGen size; each is also the module attribute its entry point names
+# (GPT_models["GPT-B-toklip"] is GPT_B_toklip)
+GPT_models: dict[str, partial] = {f"{size}-toklip": partial(build_fused_gpt, size) for size in GPT_SIZES}
+globals().update({name.replace("-", "_"): factory for name, factory in GPT_models.items()})

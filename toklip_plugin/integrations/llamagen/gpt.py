@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-__all__ = ["ModelArgs", "Transformer", "GPT_SIZES", "model_args", "build_gpt", "precompute_freqs_cis_2d"]
+__all__ = ["ModelArgs", "Transformer", "GPT_SIZES", "model_args", "precompute_freqs_cis_2d"]
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -369,8 +369,3 @@ def model_args(size: str, **kwargs) -> ModelArgs:
         raise KeyError(f"unknown LlamaGen GPT size {size!r}; known: {', '.join(GPT_SIZES)}")
     n_layer, n_head, dim = GPT_SIZES[size]
     return ModelArgs(**{"n_layer": n_layer, "n_head": n_head, "dim": dim, **kwargs})
-
-
-def build_gpt(size: str, **kwargs) -> Transformer:
-    """A plain LlamaGen GPT of a named size, as ``GPT_models[size](**kwargs)`` upstream."""
-    return Transformer(model_args(size, **kwargs))

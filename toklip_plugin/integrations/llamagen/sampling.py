@@ -1,6 +1,6 @@
 """A small class-conditional sampler that drives a GPT the way LlamaGen's ``generate()`` does.
 
-LlamaGen cannot be imported here, but tests and ``benchmarks/generate.py`` must exercise the
+LlamaGen cannot be imported here, but tests and ``benchmarks.generate`` must exercise the
 fused GPT through the same calls its ``autoregressive/models/generate.py`` makes:
 
 1. CFG doubles the batch with null-class rows: ``[cond; num_classes]``;

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
-
-from ...checkpoints import unwrap_state_dict
+from ...checkpoints import vq_state_dict
 from ...config import VQConfig
 from ...models.vq import VQModel
 
-__all__ = ["TokLIP_VQ", "TokLIPVQModel", "vq_weights_of"]
-
-# where the VQ sits inside a TokLIP state dict: the released layout, then ours
-_VQ_PREFIXES = ("visual.trunk.vq.", "vq.")
-
-
-def vq_weights_of(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The VQ state dict inside a LlamaGen VQ state dict or a TokLIP checkpoint (any nesting)."""
-    state_dict = unwrap_state_dict(checkpoint)
-    for prefix in _VQ_PREFIXES:
-        if any(key.startswith(prefix) for key in state_dict):
-            return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
-    return state_dict
+__all__ = ["TokLIP_VQ", "TokLIPVQModel"]
 
 
 class TokLIPVQModel(VQModel):
     """LlamaGen's VQ-16, loadable from a TokLIP checkpoint (same codes as VQ-16 for the same weights)."""
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
-        return super().load_state_dict(vq_weights_of(state_dict), strict=strict, assign=assign)
+        return super().load_state_dict(vq_state_dict(state_dict), strict=strict, assign=assign)
 
 
 def TokLIP_VQ(codebook_size: int = 16384, codebook_embed_dim: int = 8, **ignored) -> TokLIPVQModel:

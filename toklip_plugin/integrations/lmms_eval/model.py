@@ -21,11 +21,11 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from ...precision import parse_dtype
+
 __all__ = ["TokLIPLlava"]
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class TokLIPLlava(lmms):
@@ -37,8 +37,7 @@ class TokLIPLlava(lmms):
         super().__init__()
         from ..llava import conversation_mode, load_llava_model
 
-        if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        torch_dtype = None if dtype is None else parse_dtype(dtype)  # a wrong name fails before any loading
         if unused:
             logger.warning("toklip_llava ignores model_args %s", sorted(unused))
         if str(batch_size) != "1":
@@ -46,7 +45,7 @@ class TokLIPLlava(lmms):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._join_accelerate_processes()
         self.tokenizer, self.model, self.image_processor, _ = load_llava_model(
-            pretrained, self._device, DTYPES.get(dtype), model_base)
+            pretrained, self._device, torch_dtype, model_base)
         self.conv_template = conv_template or conversation_mode(self.model)
         from llava.conversation import conv_templates
 

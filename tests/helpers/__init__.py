@@ -1,0 +1,1 @@
+"""Builders and fixtures the tests import (``from helpers.llava_fixtures import ...``)."""

@@ -1,0 +1,78 @@
+"""``make mutation``: mutmut over the modules issue 15 names, each group against its own fast tests.
+
+mutmut 3 keeps its state in ``./mutants`` and reads ``[tool.mutmut]`` from ``./pyproject.toml``, so
+each group runs in its own copy of the working tree under ``build/mutation/GROUP`` (gitignored): the
+repository's ``[tool.mutmut]`` settings plus the group's files (``only_mutate``) and tests
+(``pytest_add_cli_args_test_selection``). A rerun keeps the group's ``mutants/`` folder, and mutmut
+retests only the functions that changed. Survivors and why they are left: tests/MUTATION.md.
+
+    python tests/run_mutation.py [GROUP ...]      # default: every group, in the order below
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "build" / "mutation"
+COPIED = ("toklip_plugin", "tests", "eval", "configs", "patches")  # configs/ and patches/: data the package reads
+
+# group -> (files to mutate, test selection); the slow distributed / CLI tests are left to `make test`
+GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "metrics": (["toklip_plugin/evaluation/metrics.py"],
+                ["tests/unit/test_eval_metrics.py", "tests/unit/test_eval_metrics_mutants.py"]),
+    "losses": (["toklip_plugin/train/losses.py"], ["tests/unit/test_train_losses.py", "-k", "not two_rank"]),
+    "checkpoints": (["toklip_plugin/checkpoints.py"], ["tests/unit/test_checkpoints.py", "tests/unit/test_vq.py"]),
+    "models": (["toklip_plugin/models/token_encoder.py", "toklip_plugin/models/toklip.py",
+                "toklip_plugin/models/vq.py", "toklip_plugin/models/text.py"],
+               ["tests/unit/test_token_encoder.py", "tests/unit/test_vq.py", "tests/unit/test_api.py"]),
+    "llava_tower": (["toklip_plugin/integrations/llava/tower.py"], ["tests/integration/test_llava_tower.py"]),
+    "lmms_eval": (["toklip_plugin/integrations/lmms_eval/model.py"],
+                  ["tests/integration/test_lmms_eval.py", "-k", "not command_runs"]),
+}
+
+
+def prepare(group: str) -> Path:
+    """A fresh copy of the sources, tests and config for ``group``; its ``mutants/`` state is kept."""
+    files, tests = GROUPS[group]
+    root = WORK / group
+    root.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:  # copy2 keeps mtimes, which is how mutmut tells a changed file from an unchanged one
+        shutil.rmtree(root / name, ignore_errors=True)
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (REPO / "pyproject.toml").read_text()
+    header = "[tool.mutmut]\n"
+    if header not in text:
+        raise SystemExit("pyproject.toml has no [tool.mutmut] section")
+    group_settings = f"only_mutate = {json.dumps(files)}\npytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
+    (root / "pyproject.toml").write_text(text.replace(header, header + group_settings, 1))
+    return root
+
+
+def run(group: str) -> int:
+    root = prepare(group)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    code = subprocess.call([str(mutmut), "run", "--max-children", "1"], cwd=root, env=env)
+    subprocess.call([str(mutmut), "export-cicd-stats"], cwd=root, env=env)
+    stats = root / "mutants" / "mutmut-cicd-stats.json"
+    if stats.exists():
+        print(f"{group}: {json.loads(stats.read_text())}")
+    subprocess.call([str(mutmut), "results"], cwd=root, env=env)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    unknown = [g for g in argv if g not in GROUPS]
+    if unknown:
+        raise SystemExit(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
+    return max((run(group) for group in argv or list(GROUPS)), default=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

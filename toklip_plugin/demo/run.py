@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -46,6 +47,7 @@ TRAIN_CONFIG = "toklip-tiny"
 # depend on the config's defaults; an InfoNCE model has no logit_bias (the teacher, a SigLIP, keeps its own).
 OBJECTIVE = ("loss.contrastive=infonce", "loss.distill_weight=1000", "model.overrides={init_logit_bias: null}")
 TEACHER = "teacher (tiny SigLIP on pixels)"
+PerSeed = dict[str, dict[int, dict[str, float]]]  # row -> seed -> held-out metrics
 MAIN = "TokLIP student (init + distill)"
 # row name -> (run folder, overrides on top of OBJECTIVE)
 STUDENTS = {
@@ -68,7 +70,7 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(train_size=500, test_size=200, per_shard=200, teacher_steps=200, student_steps=80)
+        return cls(train_size=500, test_size=200, per_shard=200, teacher_steps=300, student_steps=100)
 
     @property
     def student_seeds(self) -> list[int]:
@@ -174,7 +176,8 @@ def build_frozen_parts(out: Path, settings: DemoSettings, config: TrainConfig,
 
 
 @torch.no_grad()
-def evaluate_teacher(teacher: SigLIPTeacher, test: Split, class_text: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate_teacher(teacher: SigLIPTeacher, test: Split,
+                     class_text: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
     """The teacher's held-out metrics on pixels, and its held-out image embeddings."""
     image_emb = teacher_image_embeddings(teacher, test.images)
     metrics = embedding_metrics(image_emb, teacher.encode_text(test.text), teacher.encode_text(class_text),
@@ -182,10 +185,10 @@ def evaluate_teacher(teacher: SigLIPTeacher, test: Split, class_text: torch.Tens
     return metrics, image_emb
 
 
-def train_students(out: Path, frozen: Frozen, settings: DemoSettings):
+def train_students(out: Path, frozen: Frozen, settings: DemoSettings) -> tuple[PerSeed, dict[str, list[Path]], TokLIP]:
     """Every student row at every seed: ``{row: {seed: metrics}}``, ``{row: [run dirs]}`` and the first
     seed's main student."""
-    per_seed: dict[str, dict[int, dict[str, float]]] = {name: {} for name in STUDENTS}
+    per_seed: PerSeed = {name: {} for name in STUDENTS}
     run_dirs: dict[str, list[Path]] = {name: [] for name in STUDENTS}
     shutil.rmtree(out / "students", ignore_errors=True)  # a rerun trains afresh instead of resuming
     first_main = None
@@ -248,14 +251,30 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="toklip-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="toklip-demo-out", help="output folder (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="a smaller setting (a minute or two), for CI")
+    parser.add_argument("--quick", action="store_true", help="a smaller setting (two or three minutes), for CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, teacher and VQ; the first student seed")
     parser.add_argument("--seeds", type=int, default=3, help="student seeds per row (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). The models are tiny: on a busy machine "
+                             "--threads 1 is many times faster than threads that wait for each other")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    for name in ("seeds", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    run_demo(Path(args.out), dataclasses.replace(settings, seed=args.seed, seeds=args.seeds))
+    with _torch_threads(args.threads or torch.get_num_threads()):
+        run_demo(Path(args.out), dataclasses.replace(settings, seed=args.seed, seeds=args.seeds))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run with ``count`` intra-op threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Workloads: tokenizer encode (fused causal SDPA vs the original explicit-mask pat
 CLIP tower of the same width and token count), a training step (with and without gradient
 checkpointing, fp32 and bf16), LlamaGen sampling (fused GPT with the KV-cached encoder vs
 plain sampling vs re-encoding the prefix), and model FLOPs per image against the measured
-matmul rate. The table is printed last; ``--json`` also writes the rows.
+matmul rate, and the seconds a resumed training run takes to its first step (data cursors vs
+replaying the samples before the checkpoint). The table is printed last; ``--json`` also writes the rows.
 """
 from __future__ import annotations
 
@@ -26,22 +27,22 @@ from typing import Optional
 
 import torch
 
-from benchmarks import encode, flops, generate, llava_tower, train_step
+from benchmarks import encode, flops, generate, llava_tower, resume, train_step
 from benchmarks.common import print_table
 
 # what each workload runs: encode / llava / flops (model, batch), train (model, batch or None for
-# train_step's default), generate (setup, tokens)
+# train_step's default), generate (setup, tokens), resume (step resumed at, batch)
 PLANS = {
     "full": {"encode": [("toklip-tiny", 8), ("toklip-b16", 8)], "llava": [("toklip-tiny", 4), ("toklip-b16", 4)],
              "train": [("toklip-tiny", None), ("toklip-b16", None)],
              "generate": [("tiny", 256), ("gpt-b", 256), ("gpt-b", 576)],
-             "flops": [("toklip-tiny", 8), ("toklip-b16", 8)]},
+             "flops": [("toklip-tiny", 8), ("toklip-b16", 8)], "resume": [(100, 8), (10_000, 8)]},
     "quick": {"encode": [("toklip-tiny", 8)], "llava": [("toklip-tiny", 4)], "train": [("toklip-tiny", None)],
-              "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)]},
+              "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)], "resume": [(100, 8), (1_000, 8)]},
     "smoke": {"encode": [("toklip-tiny", 2)], "llava": [("toklip-tiny", 2)], "train": [("toklip-tiny", 2)],
-              "generate": [("tiny", 64)], "flops": [("toklip-tiny", 2)]},
+              "generate": [("tiny", 64)], "flops": [("toklip-tiny", 2)], "resume": [(3, 2)]},
     "gpu": {"encode": [("toklip-l", 64)], "llava": [], "train": [("toklip-l", None)],
-            "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)]},
+            "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)], "resume": []},
 }
 
 
@@ -123,6 +124,13 @@ def flops_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dt
             Row(f"encode {name} b{batch}", "achieved GFLOP/s", "measured matmul GFLOP/s", achieved, peak, "GFLOP/s")]
 
 
+def resume_rows(at: int, batch: int) -> list[Row]:
+    with tempfile.TemporaryDirectory() as folder:
+        s = resume.measure(at, batch, Path(folder))
+    return [Row(f"resume toklip-tiny at step {at} b{batch}", "data cursors", "replay past samples", s["cursors"],
+                s["replay"], "s to 1st step", "lower")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -144,6 +152,7 @@ def main() -> None:
         "train": lambda item: train_rows(*item, repeats, args.device),
         "generate": lambda item: generate_rows(*item, decode_steps, repeats, args.device, dtype),
         "flops": lambda item: flops_rows(*item, repeats, args.device, dtype),
+        "resume": lambda item: resume_rows(*item),
     }
     rows: list[Row] = []
     for workload, items in plan.items():

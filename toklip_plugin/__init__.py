@@ -7,10 +7,14 @@
 """
 from .config import TokLIPConfig, list_models
 from .factory import create_model, get_tokenizer, get_transform, load_toklip, resolve_config
+from .integrations.open_clip import register as _register_with_open_clip
 from .models.toklip import TokLIP
+from .open_clip_api import create_model_and_transforms, create_model_from_pretrained, list_pretrained
 from .transforms import image_transform
 
 __version__ = "0.1.0"
+
+_register_with_open_clip()  # stock open_clip / timm build TokLIP by name (integrations/open_clip)
 
 __all__ = [
     "TokLIP",
@@ -22,4 +26,7 @@ __all__ = [
     "get_tokenizer",
     "get_transform",
     "image_transform",
+    "create_model_and_transforms",
+    "create_model_from_pretrained",
+    "list_pretrained",
 ]

@@ -9,17 +9,25 @@
 - SigLIP2 weights from timm / open_clip, to initialise the token encoder and text tower;
 - OpenCLIP ViT weights (open_clip's own ``VisionTransformer`` + text transformer), to initialise
   the paper's ViT-B/16 ablation model;
-- our own directory: ``config.json`` + ``model.safetensors``, written atomically.
+- our own directory: ``config.json`` + ``model.safetensors``, staged and swapped in whole.
 
 Loading is strict: a mismatch names the missing and unexpected keys and the config.
 Pickles are read with ``torch.load(weights_only=True)``; one that needs arbitrary code is
-refused. Files not on disk are looked up in ``$TOKLIP_HOME`` and then on the Hub.
+refused; safetensors and ``torch.save`` files are told apart by their first bytes. Files not on disk are
+looked up in ``$TOKLIP_HOME`` and then on the Hub, at the revision (and with the sha256) the config pins.
 """
 from __future__ import annotations
 
+import errno
+import glob
+import hashlib
 import json
 import os
 import pickle
+import shutil
+import stat
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +36,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import TokLIPConfig, config_from_dict
-from .io import atomic_path
+from .io import fsync_directory
 
 __all__ = [
     "CheckpointError",
@@ -78,19 +86,36 @@ class CheckpointError(RuntimeError):
 
 # reading files -------------------------------------------------------------------------
 def safe_load(path: str | Path) -> Any:
-    """Load a ``.safetensors`` file or a pickle with ``weights_only=True``."""
+    """Load a safetensors file or a ``torch.save`` file (read with ``weights_only=True``), told apart by their
+    first bytes, not their suffix: a safetensors file named ``.bin`` or ``.pt`` is no pickle."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if _file_format(path) == "safetensors":
         return load_file(str(path))
     try:
-        with torch.serialization.safe_globals(_numpy_scalar_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        # an open file, not the path: torch.load hands any path ending in .safetensors to safetensors
+        with torch.serialization.safe_globals(_numpy_scalar_globals()), open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refusing to load {path}: it needs arbitrary code to unpickle ({str(err).splitlines()[0]}). "
             "Only tensors, dicts and plain values are accepted (torch.load(weights_only=True)); "
             "re-save the state dict alone, or convert it to safetensors, in an environment you trust"
         ) from err
+
+
+def _file_format(path: Path) -> str:
+    """``"safetensors"`` (an 8-byte little-endian header length, then the JSON header's ``{``) or ``"torch"``
+    (``torch.save``'s zip, ``PK``, or a legacy pickle, protocol byte 0x80); anything else is refused here."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
+    raise CheckpointError(
+        f"{path} is neither a safetensors file nor a torch.save file (it is {size} bytes long and starts with "
+        f"{head[:8]!r}); it may be truncated, empty or another format: download or export it again")
 
 
 def _numpy_scalar_globals() -> list:
@@ -127,29 +152,51 @@ def _is_state_dict(obj: Mapping) -> bool:
 
 
 def resolve_weight_file(source: str | Path | Mapping[str, str]) -> Path:
-    """A local path for ``source``: a path, or ``{"repo_id", "filename"}`` looked up in
-    ``$TOKLIP_HOME`` (default ``~/.cache/toklip``), then the Hugging Face cache / Hub."""
+    """A local path for ``source``: a path, or a config ``weights`` entry ``{"repo_id", "filename"}`` (plus
+    ``revision``, a Hub commit or tag, and ``sha256``, the file's digest) looked up in ``$TOKLIP_HOME``
+    (default ``~/.cache/toklip``), then in the Hugging Face cache / Hub at that revision. A file found
+    either way is checked against ``sha256`` when the entry names one."""
     if not isinstance(source, Mapping):
         path = Path(source).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"weight file {path} does not exist")
         return path
-    repo_id, filename = source["repo_id"], source["filename"]
+    repo_id, filename, revision = source["repo_id"], source["filename"], source.get("revision")
     home = Path(os.environ.get(HOME_ENV, Path.home() / ".cache" / "toklip")).expanduser()
     local = home / filename
-    if local.exists():
-        return local
+    path = local if local.exists() else _hub_download(repo_id, filename, revision, local)
+    if source.get("sha256"):
+        _check_sha256(path, source["sha256"], f"{repo_id}/{filename}@{revision or 'main'}")
+    return path
+
+
+def _hub_download(repo_id: str, filename: str, revision: str | None, local: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, filename))
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as err:  # offline, unknown repo, no permission: all end the same way for the user
+        pinned = f" --revision {revision}" if revision else ""
         raise FileNotFoundError(
             f"{filename} not found. Looked in {local} (${HOME_ENV}) and the Hugging Face cache, and the Hub "
-            f"download of {repo_id}/{filename} failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Download it on a machine with network access (huggingface-cli download {repo_id} {filename}) "
-            f"and copy it to {local}, or pass its path explicitly"
+            f"download of {repo_id}/{filename} at revision {revision or 'main'} failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Download it on a machine with network access (huggingface-cli "
+            f"download {repo_id} {filename}{pinned}) and copy it to {local}, or pass its path explicitly"
         ) from err
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> None:
+    """Refuse a weight file whose SHA-256 is not the one its config entry pins."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    found = digest.hexdigest()
+    if found != expected.lower():
+        raise CheckpointError(
+            f"{path} ({what}) has SHA-256 {found}, but the config pins {expected}: the file is corrupt, incomplete "
+            "or another version. Delete it and download it again at the pinned revision; if the upstream file "
+            "changed on purpose, check the new one and update the config's revision and sha256")
 
 
 # strict loading ------------------------------------------------------------------------
@@ -385,17 +432,115 @@ def init_from_open_clip(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
 
 # our own directory format --------------------------------------------------------------
 def save_pretrained(model: nn.Module, directory: str | Path) -> None:
-    """Write ``model.safetensors`` and ``config.json`` so that a crash never leaves a half file.
+    """Write ``config.json`` + ``model.safetensors`` so that ``directory`` always holds one whole model.
 
-    Both files are written under temporary names in ``directory`` first and renamed over the old
-    ones only once both are complete (:func:`toklip_plugin.io.atomic_path`).
+    Both files are written and fsynced in a staging directory beside ``directory``
+    (``.NAME.staging-*``, other files of ``directory`` hard-linked in), which then takes its place in
+    one step: an atomic exchange of the two directories where Linux offers one (``renameat2``), else
+    ``directory -> .NAME.previous``, staging -> ``directory``, the first rename undone if the second
+    fails. A crash between those two leaves the old model whole in ``.NAME.previous``; the next save
+    puts it back first and removes staging directories left by crashes. One writer per directory.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = Path(os.path.abspath(directory))
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} exists and is not a directory; save_pretrained writes a directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _recover_interrupted_save(directory)
+    staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging-", dir=directory.parent))
+    try:
+        _write_model_files(model, staged)
+        _carry_over_other_files(directory, staged)
+        os.chmod(staged, _directory_mode(directory))  # mkdtemp makes 0700
+        _swap_in(staged, directory)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # the old model after an exchange; nothing after a rename
+    fsync_directory(directory.parent)
+
+
+def _write_model_files(model: nn.Module, folder: Path) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_NAME) as weights_tmp, atomic_path(directory / CONFIG_NAME) as config_tmp:
-        save_file(tensors, str(weights_tmp), metadata={"format": "pt", "toklip_config": model.config.name})
-        config_tmp.write_text(json.dumps(model.config.to_dict(), indent=2))
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "toklip_config": model.config.name})
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        os.chmod(folder / name, 0o666 & ~_umask())  # safetensors creates its file 0600
+        with open(folder / name, "rb") as f:
+            os.fsync(f.fileno())
+    fsync_directory(folder)
+
+
+def _carry_over_other_files(directory: Path, staged: Path) -> None:
+    """Hard-link what else ``directory`` holds (a model card, ...) into the staging directory."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.name in (WEIGHTS_NAME, CONFIG_NAME):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, staged / entry.name, symlinks=True, copy_function=os.link)
+        else:
+            os.link(entry, staged / entry.name, follow_symlinks=False)
+
+
+def _backup_path(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.previous")
+
+
+def _recover_interrupted_save(directory: Path) -> None:
+    """Put back the old model a crash left in ``.NAME.previous``; remove leftover staging directories."""
+    backup = _backup_path(directory)
+    if backup.exists() and not directory.exists():
+        os.rename(backup, directory)
+    elif backup.exists():
+        shutil.rmtree(backup)
+    for stale in directory.parent.glob(f".{glob.escape(directory.name)}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _directory_mode(directory: Path) -> int:
+    """The mode ``directory`` keeps when replaced: its own, or for a new one 0777 less the umask."""
+    if directory.is_dir():
+        return stat.S_IMODE(directory.stat().st_mode)
+    return 0o777 & ~_umask()
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _swap_in(staged: Path, directory: Path) -> None:
+    """Make ``staged`` be ``directory``; afterwards ``staged`` holds the old one (or nothing)."""
+    if not directory.exists():
+        os.rename(staged, directory)
+    elif not _exchange(staged, directory):
+        backup = _backup_path(directory)
+        os.rename(directory, backup)
+        try:
+            os.rename(staged, directory)
+        except BaseException:
+            os.rename(backup, directory)
+            raise
+        shutil.rmtree(backup)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or the file
+    system cannot (other kernels, some network file systems)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
 def read_pretrained_config(directory: str | Path) -> TokLIPConfig:

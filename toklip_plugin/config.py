@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -25,19 +26,109 @@ __all__ = [
     "load_config_file",
     "config_from_dict",
     "reject_unknown_keys",
+    "Bounds",
+    "integer",
+    "number",
+    "flag",
+    "check_fields",
 ]
+
+
+# typed, range-checked fields ------------------------------------------------------------
+@dataclass(frozen=True)
+class Bounds:
+    """What a numeric config value may be: ``kind`` (int, float or bool), at least ``low`` (inclusive),
+    above ``above`` and below ``below`` (exclusive), and whether null is allowed. Kept in a dataclass
+    field's metadata (see :func:`integer`, :func:`number`, :func:`flag`)."""
+
+    kind: type
+    low: Optional[float] = None
+    above: Optional[float] = None
+    below: Optional[float] = None
+    null: bool = False
+
+    def describe(self) -> str:
+        what = {int: "an integer", float: "a number", bool: "true or false"}[self.kind]
+        if self.low is not None:
+            what += f" >= {self.low:g}"
+        if self.above is not None:
+            what += f" > {self.above:g}"
+        if self.below is not None:
+            what += f" and < {self.below:g}"
+        return what + (" or null" if self.null else "")
+
+    def parse(self, key: str, value: Any) -> Any:
+        """``value`` as ``kind`` (a YAML string such as "1e-5" is read as the number it spells), or
+        ValueError naming ``key``, the value and what is allowed."""
+        if value is None and self.null:
+            return None
+        parsed = _as_kind(value, self.kind)
+        if parsed is None or not self._in_range(parsed):
+            raise ValueError(f"{key} must be {self.describe()}; got {value!r}")
+        return parsed
+
+    def _in_range(self, value: Any) -> bool:
+        if self.kind is bool:
+            return True
+        return (math.isfinite(value) and (self.low is None or value >= self.low)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+
+def _as_kind(value: Any, kind: type) -> Any:
+    """``value`` converted to ``kind`` without loss, or None. bool is never a number here (YAML's true is
+    not a batch size), and a float becomes an int only when it is whole."""
+    if kind is bool or isinstance(value, bool):
+        return value if kind is bool and isinstance(value, bool) else None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)):
+        return None
+    if kind is float:
+        return float(value)
+    return int(value) if float(value).is_integer() else None
+
+
+def integer(default: Any = MISSING, *, low: Optional[int] = None, null: bool = False) -> Any:
+    """A dataclass field holding an integer of at least ``low`` (or null, if allowed)."""
+    return field(default=default, metadata={"bounds": Bounds(int, low=low, null=null)})
+
+
+def number(default: Any = MISSING, *, low: Optional[float] = None, above: Optional[float] = None,
+           null: bool = False) -> Any:
+    """A dataclass field holding a finite float of at least ``low`` / more than ``above`` (or null)."""
+    return field(default=default, metadata={"bounds": Bounds(float, low=low, above=above, null=null)})
+
+
+def flag(default: Any = MISSING) -> Any:
+    """A dataclass field holding true or false."""
+    return field(default=default, metadata={"bounds": Bounds(bool)})
+
+
+def check_fields(obj: Any, prefix: str) -> None:
+    """Convert and range-check every field of the dataclass ``obj`` declared with :func:`integer`,
+    :func:`number` or :func:`flag`; errors name the key as ``prefix + field``. Works on frozen ones too."""
+    for item in dataclasses.fields(obj):
+        bounds = item.metadata.get("bounds")
+        if bounds is not None:
+            object.__setattr__(obj, item.name, bounds.parse(prefix + item.name, getattr(obj, item.name)))
 
 
 @dataclass(frozen=True)
 class VQConfig:
     """LlamaGen VQ model hyper-parameters (``tokenizer/tokenizer_image/vq_model.py``'s ModelArgs)."""
 
-    codebook_size: int = 16384
-    codebook_embed_dim: int = 8
-    ch: int = 128
+    codebook_size: int = integer(16384, low=1)
+    codebook_embed_dim: int = integer(8, low=1)
+    ch: int = integer(128, low=1)
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
-    z_channels: int = 256
-    num_res_blocks: int = 2
+    z_channels: int = integer(256, low=1)
+    num_res_blocks: int = integer(2, low=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "vq.")
 
     @property
     def downsample(self) -> int:
@@ -54,20 +145,21 @@ class EncoderConfig:
     it (``tok``), with open_clip's ``ln_pre``, exact GELU, eps 1e-5 and a bias-free projection.
     """
 
-    width: int = 1152
-    depth: int = 27
-    heads: int = 16
-    mlp_ratio: float = 3.7362
-    causal: bool = True
+    width: int = integer(1152, low=1)
+    depth: int = integer(27, low=1)
+    heads: int = integer(16, low=1)
+    mlp_ratio: float = number(3.7362, above=0)
+    causal: bool = flag(True)
     mapping: str = "mlp"  # "mlp" (paper default) or "codebook" (a learned table per code, ablation)
     class_token: str = "none"  # "none" or "last" (appended after the codes, as the official ablation code does)
     pool: str = "map"  # "map" (SigLIP attention pooling over the tokens) or "tok" (the class token's output)
-    norm_pre: bool = False  # LayerNorm before the blocks (open_clip's ln_pre)
-    proj: bool = False  # bias-free projection width -> embed_dim after pooling (open_clip's proj)
+    norm_pre: bool = flag(False)  # LayerNorm before the blocks (open_clip's ln_pre)
+    proj: bool = flag(False)  # bias-free projection width -> embed_dim after pooling (open_clip's proj)
     act: str = "gelu_tanh"  # block MLP activation: "gelu_tanh" (SigLIP) or "gelu" (exact; OpenCLIP ViT-B/16)
-    norm_eps: float = 1e-6  # LayerNorm eps: 1e-6 (SigLIP), 1e-5 (open_clip)
+    norm_eps: float = number(1e-6, above=0)  # LayerNorm eps: 1e-6 (SigLIP), 1e-5 (open_clip)
 
     def __post_init__(self) -> None:
+        check_fields(self, "encoder.")
         _check_choice("encoder.mapping", self.mapping, ("mlp", "codebook"))
         _check_choice("encoder.class_token", self.class_token, ("none", "last"))
         _check_choice("encoder.pool", self.pool, ("map", "tok"))
@@ -91,20 +183,21 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class TokLIPConfig:
     name: str
-    image_size: int
-    embed_dim: int
+    image_size: int = integer(low=1)
+    embed_dim: int = integer(low=1)
     vq: VQConfig
     encoder: EncoderConfig
     text: Mapping[str, Any]  # open_clip CLIPTextCfg fields, passed through unchanged
     tokenizer: Mapping[str, Any] = field(default_factory=lambda: {"kind": "open_clip_bpe"})
     weights: Mapping[str, Any] = field(default_factory=dict)  # where released weights live (Hub repo + file)
     description: str = ""
-    init_logit_scale: float = 2.6592600345611572  # log(1 / 0.07)
+    init_logit_scale: float = number(2.6592600345611572)  # log(1 / 0.07)
     # None: no logit_bias, the model of the paper's InfoNCE objective (the official trainer's --siglip-train
     # removes it); a number (SigLIP uses -10): a learned bias, for training with the sigmoid loss
-    init_logit_bias: Optional[float] = None
+    init_logit_bias: Optional[float] = number(None, null=True)
 
     def __post_init__(self) -> None:
+        check_fields(self, "")
         if self.image_size % self.vq.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of the VQ downsample factor "

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
@@ -14,25 +16,49 @@ from .models.toklip import TokLIP
 from .models.vq import VQModel
 from .transforms import image_transform
 
-__all__ = ["list_models", "resolve_config", "create_model", "create_vq", "load_toklip", "get_tokenizer", "get_transform"]
+__all__ = ["list_models", "resolve_config", "saved_directory", "create_model", "create_vq", "load_toklip", "get_tokenizer",
+           "get_transform"]
 
 ModelSource = Union[str, Path, TokLIPConfig]
 RELEASED = "released"  # checkpoint= value meaning: the released weights named in the config
 
 
 def resolve_config(source: ModelSource) -> TokLIPConfig:
-    """A config from a name, a saved TokLIP directory, a JSON/YAML file, or a config object."""
+    """A config from a name, a saved TokLIP directory, a JSON/YAML file, or a config object.
+
+    A built-in name wins over a file or folder of that name in the working directory, unless the argument
+    is written as a path (``./toklip-tiny``, ``runs/toklip-tiny``): the same command means the same model
+    wherever it runs.
+    """
     if isinstance(source, TokLIPConfig):
         return source
+    if _is_builtin_name(source):
+        if Path(source).exists():
+            warnings.warn(f"{source!r} is the built-in TokLIP config; the {source!r} in the working directory is "
+                          f"not read (write ./{source} to load it)", stacklevel=2)
+        return get_model_config(str(source))
     path = Path(source)
     if path.is_dir():
         return ckpt.read_pretrained_config(path)
     if path.suffix in (".json", ".yaml", ".yml") and path.is_file():
         return load_config_file(path)
-    if str(source) in list_models():
-        return get_model_config(str(source))
     raise ValueError(f"{source!r} is neither a known TokLIP name ({', '.join(list_models())}), "
                      "a saved TokLIP directory, nor a .json/.yaml config file")
+
+
+def _is_builtin_name(source: Union[str, Path]) -> bool:
+    """Whether ``source`` names a built-in config: a known name not written as a path (a ``Path``, a separator
+    or a leading ``.``)."""
+    text = str(source)
+    looks_like_path = isinstance(source, Path) or os.sep in text or "/" in text or text.startswith(".")
+    return not looks_like_path and text in list_models()
+
+
+def saved_directory(source: ModelSource) -> Optional[Path]:
+    """The ``save_pretrained`` directory ``source`` names, if it names one rather than a config."""
+    if isinstance(source, TokLIPConfig) or _is_builtin_name(source) or not Path(source).is_dir():
+        return None
+    return Path(source)
 
 
 def create_model(config: TokLIPConfig, seed: Optional[int] = None) -> TokLIP:
@@ -80,8 +106,9 @@ def load_toklip(
     """
     config = resolve_config(source)
     model = create_model(config)
-    if not isinstance(source, TokLIPConfig) and Path(source).is_dir():
-        ckpt.load_pretrained_dir(model, source)
+    directory = saved_directory(source)
+    if directory is not None:
+        ckpt.load_pretrained_dir(model, directory)
     if checkpoint is not None:
         ckpt.load_any_checkpoint(model, _weight_path(config, checkpoint, "checkpoint"))
     if vq_checkpoint is not None:

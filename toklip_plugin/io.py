@@ -20,7 +20,7 @@ from PIL import Image
 
 __all__ = ["IMAGE_SUFFIXES", "WDS_IMAGE_KEYS", "SKIPPABLE_ERRORS", "MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO",
            "ImageRejected", "check_image_size", "check_aspect_ratio", "open_image", "is_image_file", "expand_shards",
-           "atomic_path", "atomic_torch_save"]
+           "atomic_path", "atomic_torch_save", "fsync_directory"]
 
 # file suffixes read as images, lower case with the dot
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -80,14 +80,24 @@ def open_image(source: Union[str, Path, bytes], transform: Callable[[Image.Image
 
 
 def expand_shards(spec: str) -> list[str]:
-    """``"a/{000..009}.tar::b/*.tar"`` -> sorted list of shard paths (brace lists and globs)."""
+    """``"a/{000..009}.tar::b/*.tar"`` -> sorted list of shard paths (brace lists and globs).
+
+    A listed local path that does not exist, or a glob that matches nothing, is refused here, naming them,
+    rather than when a data loader reaches it hours later (remote ``pipe:`` / ``scheme://`` URLs are not checked).
+    """
     from webdataset.shardlists import expand_urls
 
     shards: list[str] = []
+    missing: list[str] = []
     for url in expand_urls(spec):
-        shards.extend(sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url])
-    if not shards:
-        raise FileNotFoundError(f"no shards match {spec!r}; give paths, globs or brace lists joined by '::'")
+        found = sorted(glob.glob(url)) if any(c in url for c in "*?[") else [url]
+        remote = "://" in url or url.startswith("pipe:")
+        missing.extend([url] if not found else [] if remote else [f for f in found if not os.path.isfile(f)])
+        shards.extend(found)
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard(s) of {spec!r} do not exist (a missing file, or a glob that "
+                                f"matches nothing): {', '.join(missing[:10])}; fix the list (paths, globs or brace "
+                                "lists joined by '::')")
     return shards
 
 
@@ -108,7 +118,7 @@ def atomic_path(final: Union[str, Path]) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _fsync_directory(final.parent)
+        fsync_directory(final.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -123,7 +133,7 @@ def _replacement_mode(final: Path) -> int:
         return 0o666 & ~umask
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Make a rename in ``folder`` survive a power cut."""
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -35,6 +35,7 @@ EXPECTED_ROWS = [
     (SAMPLE, "fused + KV-cached encoder", "fused, prefix re-encode"),
     ("GFLOPs/img toklip-tiny", "token encoder", "frozen VQ encoder"),
     ("encode toklip-tiny b2", "achieved GFLOP/s", "measured matmul GFLOP/s"),
+    ("resume toklip-tiny at step 3 b2", "data cursors", "replay past samples"),
 ]
 
 

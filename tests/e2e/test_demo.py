@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from safetensors.torch import load_file
 
 from toklip_plugin import create_model, image_transform, load_toklip, resolve_config
 from toklip_plugin.demo.report import paper_ordering, summarize
 from toklip_plugin.demo.run import MAIN, STUDENTS, TEACHER, DemoSettings, Frozen, cache_from_shards, main
 from toklip_plugin.demo.synthetic import class_names
 from toklip_plugin.demo.vq import patch_statistics_vq
+from toklip_plugin.train.cache_file import read_code_cache
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_demo_training_cache_was_built_from_the_shard_files(demo):
     written = _shard_members(out / "data", ".png")
     assert len(written) == cache_report["samples_written"] == DemoSettings.quick().train_size
     assert cache_report["samples"] == len(written) - cache_report["skipped"]
-    cache = load_file(cache_report["path"])
+    cache = read_code_cache(cache_report["path"])
     assert len(cache["codes"]) == len(cache["text"]) == len(cache["teacher_pooled"]) == cache_report["samples"]
     # the first cached row is the first shard's first image through the demo's saved VQ
     with tarfile.open(sorted((out / "data").glob("train-*.tar"))[0]) as tar:
@@ -116,10 +116,10 @@ def test_demo_cache_counts_a_corrupt_shard_sample_as_skipped(demo, tmp_path):
             dst.addfile(member, io.BytesIO(data))
     written = sum(m.name.endswith(".png") for m in members)
     frozen = Frozen(out / "teacher.safetensors", out / "vq.safetensors", out / "cache" / "heldout.safetensors",
-                    tmp_path / "train.safetensors")
+                    tmp_path / "train")
     made = cache_from_shards(frozen, str(shard), frozen.train_cache)
     assert (made["samples"], made["skipped"]) == (written - 1, 1)
-    assert len(load_file(made["path"])["codes"]) == written - 1
+    assert len(read_code_cache(made["path"])["codes"]) == written - 1
 
 
 def test_demo_vq_codes_follow_patch_colour():

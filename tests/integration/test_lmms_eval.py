@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,17 +75,22 @@ def test_lmms_eval_finds_toklip_llava_through_its_entry_point():
     assert MODEL_REGISTRY_V2.get_model_class("toklip_llava") is TokLIPLlava
 
 
+def task_hooks():
+    """The task's own ``utils.py`` (``doc_to_visual``, ...), loaded as lmms-eval loads it."""
+    spec = importlib.util.spec_from_file_location("toklip_pope_mini_utils", TASKS / TASK / "utils.py")
+    task_utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(task_utils)
+    return task_utils
+
+
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def lmm(request, checkpoints):
     from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
 
     model = TokLIPLlava(pretrained=str(checkpoints(request.param)), device="cpu", batch_size="1")
     assert model.conv_template == {"llama": "vicuna_v1", "qwen2": "qwen_2"}[request.param]
-    spec = importlib.util.spec_from_file_location("toklip_pope_mini_utils", TASKS / TASK / "utils.py")
-    task_utils = importlib.util.module_from_spec(spec)  # the task's own hooks, as lmms-eval loads them
-    spec.loader.exec_module(task_utils)
     model.task_dict = {TASK: {"test": docs()}}
-    return model, task_utils
+    return model, task_hooks()
 
 
 def request(kind: str, args: tuple, doc_id: int):
@@ -138,14 +145,20 @@ def test_loglikelihood_is_the_sum_of_the_continuation_token_log_probabilities(lm
 
 
 def test_multi_round_generation_is_refused_with_a_reason(lmm):
-    with pytest.raises(NotImplementedError, match="multi-round"):
+    message = ("toklip_llava does not implement multi-round generation; "
+               "use tasks whose output_type is generate_until or loglikelihood")
+    with pytest.raises(NotImplementedError, match=f"^{re.escape(message)}$"):
         lmm[0].generate_until_multi_round([])
 
 
 def test_an_unknown_prompt_template_is_named_with_the_known_ones(checkpoints):
+    from llava.conversation import conv_templates
+
     from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
 
-    with pytest.raises(ValueError, match="conv_template='chatml_v9' is not a LLaVA template; known: .*vicuna_v1"):
+    known = ", ".join(sorted(conv_templates))  # every LLaVA template, in order, comma-separated
+    message = f"conv_template='chatml_v9' is not a LLaVA template; known: {known}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         TokLIPLlava(pretrained=str(checkpoints("llama")), device="cpu", conv_template="chatml_v9")
 
 
@@ -224,3 +237,228 @@ def test_loglikelihood_gives_the_model_the_doc_image_with_one_placeholder(lmm, m
     cont = model.tokenizer.encode(continuation, add_special_tokens=False)
     assert input_ids[0, -len(cont):].tolist() == cont  # the continuation closes the sequence
     assert_one_image_goes_with_the_prompt(model, input_ids, kwargs, docs()[doc_id])
+
+
+# gaps found by mutation testing (tests/MUTATION.md) -----------------------------------------------
+def loglikelihood_request(task, context: str, continuation: str, doc_id: int = 0):
+    return request("loglikelihood", (context, continuation, task.doc_to_visual, doc_id, TASK, "test"), doc_id)
+
+
+def steering_head(model, prompt: torch.Tensor, images: dict, cont: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LM head under which greedy decoding after ``prompt`` writes ``cont`` (distinct tokens), and the
+    head's inputs ``[len(cont), H]`` at the positions that predict them.
+
+    The head's only rows are those inputs, normalised: at step t, token cont[t] scores |h_t|, every other
+    continuation token |h_t| cos(h_s, h_t) < |h_t|, the rest of the vocabulary 0.
+    """
+    assert len(set(cont)) == len(cont)
+    seen = []
+    hook = model.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0][0]))
+    with torch.no_grad():
+        model.model(input_ids=torch.cat([prompt, torch.tensor([cont])], dim=1), **images)
+    hook.remove()
+    hidden = seen[0][-len(cont) - 1:-1]
+    head = torch.zeros_like(model.model.lm_head.weight)
+    head[cont] = torch.nn.functional.normalize(hidden, dim=-1)
+    return head, hidden
+
+
+@contextmanager
+def lm_head_weight(model, weight: torch.Tensor):
+    """Run with ``weight`` as the LM head, then put the trained one back (the model is shared by the module)."""
+    trained = model.model.lm_head.weight
+    model.model.lm_head.weight = torch.nn.Parameter(weight)
+    try:
+        yield
+    finally:
+        model.model.lm_head.weight = trained
+
+
+def test_a_continuation_the_model_decodes_greedily_is_reported_greedy(lmm):
+    model, task = lmm
+    context, visuals = docs()[0]["question"], task.doc_to_visual(docs()[0])
+    cont = model.tokenizer.encode(" It shows a red square", add_special_tokens=False)
+    assert len(cont) >= 2
+    prompt, images = model._prompt_ids(context, visuals), model._image_inputs(visuals)
+    head, hidden = steering_head(model, prompt, images, cont)
+    with lm_head_weight(model, head), torch.no_grad():
+        written = model.model.generate(prompt, **images, do_sample=False, num_beams=1, max_new_tokens=len(cont))
+        (logprob, greedy), = model.loglikelihood([loglikelihood_request(task, context, " It shows a red square")])
+    assert written[0, -len(cont):].tolist() == cont  # greedy decoding writes the continuation
+    logits = hidden @ head.T
+    expected = sum(float(logits[t, c] - logits[t].logsumexp(-1)) for t, c in enumerate(cont))
+    assert greedy is True
+    assert logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_empty_continuation_is_refused_and_a_one_token_one_is_scored(lmm):
+    model, task = lmm
+    context = docs()[0]["question"]
+    with pytest.raises(ValueError, match=r"^continuation '' encodes to no tokens$"):
+        model.loglikelihood([loglikelihood_request(task, context, "")])
+    token, = model.tokenizer.encode(" a", add_special_tokens=False)
+    (logprob, greedy), = model.loglikelihood([loglikelihood_request(task, context, " a")])
+    visuals = task.doc_to_visual(docs()[0])
+    with torch.no_grad():
+        last = model.model(input_ids=model._prompt_ids(context, visuals),
+                           **model._image_inputs(visuals)).logits[0, -1].float().log_softmax(-1)
+    assert logprob == pytest.approx(last[token].item(), abs=1e-5)
+    assert greedy == (int(last.argmax()) == token)
+
+
+def adapter_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "toklip_plugin.integrations.lmms_eval.model"]
+
+
+def test_default_model_args_answer_one_request_at_a_time_on_the_available_device(checkpoints, caplog):
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    with caplog.at_level("WARNING"):
+        model = TokLIPLlava(pretrained=str(checkpoints("llama")))
+    assert adapter_warnings(caplog) == []
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert model.device == expected and model.model.device.type == expected.type
+    assert model.batch_size == 1
+    model.task_dict = {TASK: {"test": docs()}}
+    (logprob, _), = model.loglikelihood([loglikelihood_request(task_hooks(), docs()[0]["question"], " yes")])
+    assert logprob < 0
+
+
+def test_ignored_model_args_and_batch_size_are_named_in_warnings(checkpoints, caplog):
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    with caplog.at_level("WARNING"):
+        TokLIPLlava(pretrained=str(checkpoints("llama")), device="cpu", batch_size=4, temperature="0.5", foo="x")
+        TokLIPLlava(pretrained=str(checkpoints("llama")), device="cpu", batch_size=1)
+    assert adapter_warnings(caplog) == ["toklip_llava ignores model_args ['foo', 'temperature']",
+                                        "toklip_llava answers one request at a time; batch_size=4 is ignored"]
+
+
+def test_dtype_sets_the_weights_dtype_and_a_wrong_name_fails_before_loading(checkpoints, tmp_path):
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    model = TokLIPLlava(pretrained=str(checkpoints("llama")), device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in model.model.parameters()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="dtype must be one of .*; got 'float17'"):
+        TokLIPLlava(pretrained=str(tmp_path / "no-such-checkpoint"), device="cpu", dtype="float17")
+
+
+def test_model_base_loads_a_projector_only_checkpoint_over_its_base_llm(checkpoints, tmp_path):
+    """LLaVA's pretraining stage saves the projector alone; ``model_base`` names the LLM it goes on."""
+    from transformers import AutoModelForCausalLM
+
+    from toklip_plugin.integrations.lmms_eval.model import TokLIPLlava
+
+    full = checkpoints("llama")
+    base = full.parent / "tiny-llama"
+    projector_only = tmp_path / "llava-llama-projector"
+    projector_only.mkdir()
+    (projector_only / "config.json").write_text((full / "config.json").read_text())
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        full_model = TokLIPLlava(pretrained=str(full), device="cpu").model
+    projector = {f"model.mm_projector.{k}": torch.randn(v.shape, generator=gen)
+                 for k, v in full_model.get_model().mm_projector.state_dict().items()}
+    torch.save(projector, projector_only / "mm_projector.bin")
+    model = TokLIPLlava(pretrained=str(projector_only), model_base=str(base), device="cpu").model
+    loaded = model.state_dict()
+    for key, value in projector.items():  # LLaVA passes the projector through float16
+        torch.testing.assert_close(loaded[key], value.half().float())
+    llm = AutoModelForCausalLM.from_pretrained(base)
+    torch.testing.assert_close(loaded["model.embed_tokens.weight"], llm.state_dict()["model.embed_tokens.weight"])
+
+
+def test_the_answer_leaves_out_the_end_of_sequence_token(lmm):
+    model, task = lmm
+    doc = docs()[1]
+    visuals = task.doc_to_visual(doc)
+    word, = model.tokenizer.encode(" a", add_special_tokens=False)
+    eos = model.tokenizer.eos_token_id
+    head, _ = steering_head(model, model._prompt_ids(doc["question"], visuals), model._image_inputs(visuals),
+                            [word, eos])
+    with lm_head_weight(model, head):
+        answer, = generate(model, task, 1, until=[], max_new_tokens=4)
+    assert answer == "a"  # the model wrote " a" then its end-of-sequence token
+
+
+def spied_generate_kwargs(model, task, monkeypatch, gen_kwargs: dict) -> dict:
+    calls = spy_on(monkeypatch, model.model, "generate")
+    args = (docs()[0]["question"], gen_kwargs, task.doc_to_visual, 0, TASK, "test")
+    model.generate_until([request("generate_until", args, 0)])
+    (_, kwargs), = calls
+    return kwargs
+
+
+def test_a_request_without_settings_is_decoded_greedily(lmm, monkeypatch):
+    model, task = lmm
+    kwargs = spied_generate_kwargs(model, task, monkeypatch, {})  # no until, temperature or length
+    assert not kwargs["do_sample"] and kwargs["num_beams"] == 1 and kwargs["max_new_tokens"] > 0
+
+
+@pytest.mark.parametrize("settings", [
+    {"temperature": 0.5, "top_p": 0.9, "max_new_tokens": 2},
+    {"temperature": 0, "num_beams": 2, "max_new_tokens": 3, "until": "\n\n"},
+])
+def test_sampling_beams_and_length_follow_the_request(lmm, monkeypatch, settings):
+    model, task = lmm
+    kwargs = spied_generate_kwargs(model, task, monkeypatch, dict(settings))
+    sampling = settings["temperature"] > 0
+    assert kwargs["do_sample"] == sampling
+    assert kwargs["temperature"] == (settings["temperature"] if sampling else None)
+    assert kwargs["top_p"] == settings.get("top_p")
+    assert kwargs["num_beams"] == settings.get("num_beams", 1)
+    assert kwargs["max_new_tokens"] == settings["max_new_tokens"]
+
+
+def test_the_prompt_is_llavas_chat_prompt_with_one_image_first(lmm):
+    from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import tokenizer_image_token
+
+    model, task = lmm
+    question, visuals = docs()[2]["question"], task.doc_to_visual(docs()[2])
+    conv = conv_templates[model.conv_template].copy()  # as LLaVA's own run_llava.py prompts
+    conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + question)
+    conv.append_message(conv.roles[1], None)
+    expected = tokenizer_image_token(conv.get_prompt(), model.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    assert model._prompt_ids(question, visuals)[0].tolist() == expected.tolist()
+    # a context that places the image itself keeps its one placeholder; a text-only one gets none
+    placed = model._prompt_ids(f"Look: {DEFAULT_IMAGE_TOKEN}\n{question}", visuals)
+    assert int((placed == IMAGE_TOKEN_INDEX).sum()) == 1
+    assert int((model._prompt_ids(question, []) == IMAGE_TOKEN_INDEX).sum()) == 0
+
+
+def test_a_request_without_a_visual_hook_is_text_only(lmm, monkeypatch):
+    from llava.constants import IMAGE_TOKEN_INDEX
+
+    model, _ = lmm
+    calls = spy_on(monkeypatch, model.model, "forward")
+    model.loglikelihood([request("loglikelihood", ("Is it red?", " yes", None, 0, TASK, "test"), 0)])
+    (_, kwargs), = calls
+    assert int((kwargs["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 0 and "images" not in kwargs
+
+
+def test_a_non_square_image_is_preprocessed_with_the_checkpoints_aspect_ratio_setting(lmm):
+    from llava.mm_utils import process_images
+    from PIL import Image
+
+    model, _ = lmm
+    assert model.model.config.image_aspect_ratio == "pad"
+    wide = Image.fromarray((torch.arange(40 * 96 * 3) % 251).reshape(40, 96, 3).to(torch.uint8).numpy())
+    inputs = model._image_inputs([wide])
+    torch.testing.assert_close(inputs["images"], process_images([wide], model.image_processor, model.model.config))
+    # padding to a square first differs from CLIP's resize-and-centre-crop
+    assert not torch.allclose(inputs["images"], model.image_processor.preprocess(wide, return_tensors="pt")["pixel_values"])
+
+
+def test_an_until_given_as_one_string_is_one_stop_sequence(lmm):
+    model, task = lmm
+    doc = docs()[1]
+    visuals = task.doc_to_visual(doc)
+    cont = model.tokenizer.encode(" It shows a red square", add_special_tokens=False)
+    head, _ = steering_head(model, model._prompt_ids(doc["question"], visuals), model._image_inputs(visuals), cont)
+    with lm_head_weight(model, head):
+        full, = generate(model, task, 1, until=[], max_new_tokens=len(cont))
+        cut, = generate(model, task, 1, until="sq", max_new_tokens=len(cont))  # lmms-eval may pass a bare string
+    assert full == "It shows a red square"
+    assert cut == "It shows a red"  # cut at "sq", not at the first "s"

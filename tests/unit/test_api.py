@@ -82,8 +82,46 @@ def test_codes_of_wrong_length_are_rejected(tiny_model):
 
 
 def test_decode_rejects_codes_outside_codebook(tiny_model):
-    with pytest.raises(IndexError, match=r"\[0, 1024\)"):
+    with pytest.raises(ValueError, match=r"\[0, 1024\).*from 1024 to 1024"):
         tiny_model.decode_codes(torch.full((1, 64), 1024))
+
+
+@pytest.mark.parametrize("bad", [1024, -1, 10**6])
+def test_codes_outside_the_codebook_are_refused_naming_the_values_found_and_the_valid_range(tiny_model, bad):
+    codes = torch.randint(0, 1024, (2, 64), generator=torch.Generator().manual_seed(0))
+    codes[1, 7] = bad
+    low, high = min(bad, int(codes.min())), max(bad, int(codes.max()))  # the extremes the message must report
+    expected = rf"codes must lie in \[0, 1024\), the VQ codebook of toklip-tiny; got values from {low} to {high}"
+    with pytest.raises(ValueError, match=expected):
+        tiny_model.encode_codes(codes)
+    with pytest.raises(ValueError, match=expected):
+        tiny_model.encode_codes_and_pool(codes)
+
+
+def test_non_integer_codes_are_refused_naming_their_dtype_and_values(tiny_model):
+    codes = torch.zeros(1, 64)
+    codes[0, 3] = 3.5
+    with pytest.raises(ValueError, match=r"integer codes .* in \[0, 1024\).*got torch.float32 holding values from "
+                                         r"0.0 to 3.5"):
+        tiny_model.encode_codes(codes)
+
+
+def test_uint8_images_are_refused_saying_how_to_convert(tiny_model):
+    images = torch.full((1, 3, 128, 128), 255, dtype=torch.uint8)
+    images[0, 0, 0, 0] = 3
+    with pytest.raises(ValueError, match=r"float images in \[-1, 1\], got torch.uint8 with values from 3 to 255; "
+                                         r"convert them .*images.float\(\) / 127.5 - 1"):
+        tiny_model.tokenize(images)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_pixels_are_refused_with_their_count(tiny_model, images, bad):
+    broken = images.clone()
+    broken[1, 2, 5, 5] = broken[2, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"images hold 2 NaN or infinite value\(s\)"):
+        tiny_model.tokenize(broken)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        tiny_model.encode_image(broken)
 
 
 def test_tiny_tokenizer_is_offline_bpe(tiny_config):

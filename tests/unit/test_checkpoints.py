@@ -386,3 +386,108 @@ def test_weights_in_the_hugging_face_cache_are_found_offline(tmp_path, monkeypat
     torch.save(released_layout(tiny_model), repo / "snapshots" / commit / "TokLIP_tiny.pt")
     found = ckpt.resolve_weight_file({"repo_id": "nobody/none", "filename": "TokLIP_tiny.pt"})
     assert found == repo / "snapshots" / commit / "TokLIP_tiny.pt"
+
+
+# files told apart by their first bytes, not their suffix ---------------------------------
+def test_a_safetensors_file_named_bin_loads_as_safetensors(tmp_path, tiny_model):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.bin"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path))
+    loaded = tp.load_toklip("toklip-tiny", checkpoint=path)  # was refused as a pickle needing code
+    assert torch.equal(loaded.encoder.pos_embed, tiny_model.encoder.pos_embed)
+
+
+def test_a_torch_file_named_safetensors_loads_as_a_torch_file(tmp_path, tiny_model):
+    path = tmp_path / "model.safetensors"
+    torch.save(released_layout(tiny_model), path)
+    loaded = tp.load_toklip("toklip-tiny", checkpoint=path)  # was a SafetensorError "header too large"
+    assert torch.equal(loaded.encoder.pos_embed, tiny_model.encoder.pos_embed)
+
+
+@pytest.mark.parametrize("content", [b"", b"<html>404</html>"])
+def test_a_file_of_neither_format_is_named_without_calling_it_a_pickle(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ckpt.CheckpointError, match=rf"{path} is neither a safetensors file nor a torch.save file "
+                                                   rf"\(it is {len(content)} bytes long") as err:
+        ckpt.safe_load(path)
+    assert "arbitrary code" not in str(err.value)
+
+
+# pinned downloads ------------------------------------------------------------------------
+def _hub_cache(root, repo_id: str, snapshots: dict[str, bytes], main: str, filename: str = "weights.pt"):
+    """A real huggingface_hub cache (refs/main -> snapshots/<commit>/file) holding one file per commit."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(main)
+    for commit, content in snapshots.items():
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / filename).write_bytes(content)
+    return repo
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_the_pinned_revision_is_the_one_downloaded_not_main(offline_hub):
+    pinned, later = "1" * 40, "2" * 40
+    repo = _hub_cache(offline_hub, "nobody/none", {pinned: b"pinned", later: b"changed upstream"}, main=later)
+    found = ckpt.resolve_weight_file({"repo_id": "nobody/none", "filename": "weights.pt", "revision": pinned})
+    assert found == repo / "snapshots" / pinned / "weights.pt" and found.read_bytes() == b"pinned"
+
+
+def test_a_download_matching_its_pinned_sha256_is_accepted(offline_hub):
+    import hashlib
+
+    commit = "1" * 40
+    _hub_cache(offline_hub, "nobody/none", {commit: b"the released bytes"}, main=commit)
+    digest = hashlib.sha256(b"the released bytes").hexdigest()
+    found = ckpt.resolve_weight_file({"repo_id": "nobody/none", "filename": "weights.pt", "revision": commit,
+                                      "sha256": digest.upper()})  # digests compare case-insensitively
+    assert found.read_bytes() == b"the released bytes"
+
+
+@pytest.mark.parametrize("where", ["hub cache", "toklip home"])
+def test_a_file_whose_sha256_differs_from_the_pinned_one_is_refused_naming_both(offline_hub, where):
+    import hashlib
+
+    commit, expected = "1" * 40, hashlib.sha256(b"the released bytes").hexdigest()
+    if where == "hub cache":
+        _hub_cache(offline_hub, "nobody/none", {commit: b"tampered bytes"}, main=commit)
+    else:
+        home = offline_hub.parent / "home"
+        home.mkdir()
+        (home / "weights.pt").write_bytes(b"tampered bytes")
+    found = hashlib.sha256(b"tampered bytes").hexdigest()
+    spec = {"repo_id": "nobody/none", "filename": "weights.pt", "revision": commit, "sha256": expected}
+    with pytest.raises(ckpt.CheckpointError) as err:
+        ckpt.resolve_weight_file(spec)
+    message = str(err.value)
+    assert "weights.pt" in message and f"has SHA-256 {found}" in message and f"pins {expected}" in message
+    assert "download it again at the pinned revision" in message
+
+
+def test_a_failed_download_names_the_revision_in_the_command_to_run(offline_hub):
+    spec = {"repo_id": "nobody/none", "filename": "weights.pt", "revision": "3" * 40}
+    with pytest.raises(FileNotFoundError, match=r"huggingface-cli download nobody/none weights.pt --revision 3{40}"):
+        ckpt.resolve_weight_file(spec)
+
+
+@pytest.mark.parametrize("name", tp.list_models())
+def test_every_shipped_weight_entry_and_hub_tokenizer_names_a_revision(name):
+    """A revision is a 40-hex commit, or "main" with a note saying it still has to be pinned; a sha256 is
+    64 hex digits."""
+    config = tp.resolve_config(name)
+    entries = list(config.weights.values())
+    if config.tokenizer.get("kind") == "hf":
+        entries.append(config.tokenizer)
+    for entry in entries:
+        revision = entry["revision"]
+        assert len(revision) == 40 and int(revision, 16) >= 0 or revision == "main" and "TODO pin" in entry["note"]
+        assert "sha256" not in entry or len(entry["sha256"]) == 64 and int(entry["sha256"], 16) >= 0

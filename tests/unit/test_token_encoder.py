@@ -94,6 +94,20 @@ def test_hidden_state_layers_follow_hugging_face_indexing(tiny_model):
         assert torch.allclose(tiny_model.encode_codes(codes), enc.norm(last), atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", [3, 5, -4, 1.0, True])
+def test_a_layer_outside_the_encoder_is_refused_naming_the_valid_range(tiny_model, layer):
+    assert len(tiny_model.encoder.blocks) == 2  # hidden states: embeddings, block 1, block 2
+    with pytest.raises(ValueError, match=r"layer .* outside this encoder's 3 hidden states .* in \[-3, 2\]"):
+        tiny_model.encode_codes(_random_codes(tiny_model), layer=layer)
+
+
+def test_negative_layers_count_from_the_last_hidden_state(tiny_model):
+    codes = _random_codes(tiny_model)
+    with torch.no_grad():
+        assert torch.equal(tiny_model.encode_codes(codes, layer=-3), tiny_model.encode_codes(codes, layer=0))
+        assert torch.equal(tiny_model.encode_codes(codes, layer=-1), tiny_model.encode_codes(codes, layer=2))
+
+
 def test_gradient_checkpointing_keeps_outputs_and_gradients(tiny_config):
     codes = _random_codes(tp.create_model(tiny_config, seed=0))
     results = []

@@ -41,3 +41,12 @@ def test_the_least_recently_used_row_is_dropped_beyond_the_size():
     assert len(encode.calls) == calls
     cache(b, encode)
     assert len(encode.calls) == calls + 1
+
+
+def test_a_stored_entry_owns_its_storage_instead_of_keeping_the_batch_alive():
+    cache = TextEmbeddingCache(size=8)
+    batch = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    cache(batch, CountingEncoder())
+    for entry in cache.entries.values():
+        assert entry.untyped_storage().nbytes() == entry.numel() * entry.element_size()  # 2 floats, not the batch's 6
+

@@ -169,7 +169,7 @@ def build_frozen_parts(out: Path, settings: DemoSettings, config: TrainConfig,
                                     settings.teacher_steps, settings.batch_size, settings.seed)
     vq = build_demo_vq(model_config, train.images, settings.seed)
     frozen = Frozen(out / "teacher.safetensors", out / "vq.safetensors", out / "cache" / "heldout.safetensors",
-                    out / "cache" / "train.safetensors")
+                    out / "cache" / "train")
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(frozen.teacher))
     save_file(vq.state_dict(), str(frozen.vq))
     return frozen, teacher, vq, losses

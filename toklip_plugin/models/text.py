@@ -35,7 +35,8 @@ def build_tokenizer(tokenizer_cfg: Mapping[str, Any], context_length: int, path:
     if kind == "hf":
         source = path or os.environ.get(TOKENIZER_ENV) or tokenizer_cfg["name"]
         try:
-            return HFTokenizer(source, context_length=context_length, **tokenizer_cfg.get("kwargs", {}))
+            return HFTokenizer(source, context_length=context_length, revision=tokenizer_cfg.get("revision"),
+                                **tokenizer_cfg.get("kwargs", {}))
         except OSError as err:
             raise OSError(
                 f"could not load the text tokenizer {source!r}: {err}. Without network access, download it "

@@ -138,6 +138,15 @@ class TokenEncoder(nn.Module):
         hidden = self.forward_blocks(self._append_class_token(self.embed_codes(codes, codebook)))
         return [h[:, :-1] for h in hidden]
 
+    def check_layer(self, layer: int) -> None:
+        """Raise a ValueError unless ``layer`` indexes :meth:`hidden_states` (depth + 1 entries, Python indexing:
+        ``0`` the embeddings, ``depth`` or ``-1`` the last block's output, ``-(depth + 1)`` the embeddings)."""
+        count = len(self.blocks) + 1
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
+            raise ValueError(f"layer {layer!r} is outside this encoder's {count} hidden states (the embeddings and "
+                             f"{count - 1} blocks): give an int in [{-count}, {count - 1}] (-1: the last block's "
+                             "output), or layer=None for the final, LayerNorm-ed tokens")
+
     def forward_features(
         self, codes: torch.Tensor, codebook: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:

@@ -6,6 +6,7 @@ pixels through the untouched VQ decoder). Checkpoint I/O lives in ``checkpoints.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -58,6 +59,7 @@ class TokLIP(nn.Module):
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` in [-1, 1] -> VQ codes ``[B, N]`` (raster order), LlamaGen VQ's codes."""
         check_image_batch(images, self.image_size)
+        _check_pixels(images, self.image_size)
         return self.vq.tokenize(images.to(self.vq.quant_conv.weight.dtype))
 
     def encode_codes(
@@ -68,27 +70,32 @@ class TokLIP(nn.Module):
         ``layer=None`` gives the final (LayerNorm-ed) tokens. An int indexes the hidden states
         ``[embeddings, block 1, ..., block depth]`` like Hugging Face's ``hidden_states`` (so -2
         is the output of the second-to-last block), without the final norm.
+
+        Codes outside ``[0, codebook_size)`` raise a ValueError (one host sync per call).
         """
         self._check_codes(codes)
         codebook = self.vq.quantize.codebook()
         if layer is None:
             return self.encoder.forward_features(codes, codebook, attn_mask)
+        self.encoder.check_layer(layer)
         return self.encoder.hidden_states(codes, codebook, attn_mask)[layer]
 
-    def encode_codes_and_pool(self, codes: torch.Tensor, normalize: bool = False
+    def encode_codes_and_pool(self, codes: torch.Tensor, normalize: bool = False, check_range: bool = True
                               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes ``[B, n]`` -> (semantic tokens ``[B, n, d]``, pooled embedding ``[B, E]``) in one pass.
 
         Works for every pooling; ``tok`` pooling (the class token) needs it, since the semantic
         tokens leave the class token out. ``normalize`` applies to the pooled embedding.
+        ``check_range=False`` skips the codebook-range check and its host sync, for callers whose
+        codes are known to be in range (the VQ's own, or a cache validated when it was read).
         """
-        self._check_codes(codes)
+        self._check_codes(codes, check_range=check_range)
         tokens, pooled = self.encoder.forward_pooled(codes, self.vq.quantize.codebook())
         return tokens, F.normalize(pooled, dim=-1) if normalize else pooled
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images -> pooled image embedding ``[B, E]``."""
-        return self.encode_codes_and_pool(self.tokenize(images), normalize)[1]
+        return self.encode_codes_and_pool(self.tokenize(images), normalize, check_range=False)[1]
 
     def pool_tokens(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Semantic tokens -> pooled embedding, for ``map`` pooling (see :meth:`encode_codes_and_pool`)."""
@@ -126,17 +133,49 @@ class TokLIP(nn.Module):
         return self.encode_image(images, normalize=True), self.encode_text(text_ids, normalize=True)
 
     # checks ----------------------------------------------------------------------------
-    def _check_codes(self, codes: torch.Tensor, full_grid: bool = False) -> None:
-        if codes.ndim != 2 or codes.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"expected integer codes [B, n], got {codes.dtype} {tuple(codes.shape)}")
+    def _check_codes(self, codes: torch.Tensor, full_grid: bool = False, check_range: bool = True) -> None:
+        size = self.config.vq.codebook_size
+        if not isinstance(codes, torch.Tensor) or codes.ndim != 2:
+            got = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise ValueError(f"expected integer codes [B, n] in [0, {size}), got {got}")
+        if codes.dtype not in (torch.int32, torch.int64):
+            found = " holding values from {} to {}".format(*_value_range(codes)) if codes.numel() else ""
+            raise ValueError(f"expected integer codes (int64 or int32) in [0, {size}), the VQ codebook of "
+                             f"{self.config.name}; got {codes.dtype}{found}. Codes come from model.tokenize(images)")
         n = codes.shape[1]
         if n > self.num_tokens or (full_grid and n != self.num_tokens):
             want = f"exactly {self.num_tokens}" if full_grid else f"at most {self.num_tokens}"
             raise ValueError(f"{self.config.name} takes {want} codes per image "
                              f"({self.grid_size}x{self.grid_size} grid), got {n}")
+        if check_range and codes.numel():
+            low, high = _value_range(codes)  # the one host sync of the check
+            if low < 0 or high >= size:
+                raise ValueError(f"codes must lie in [0, {size}), the VQ codebook of {self.config.name}; got values "
+                                 f"from {low} to {high}")
 
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` atomically (see ``checkpoints.save_pretrained``)."""
         from ..checkpoints import save_pretrained
 
         save_pretrained(self, directory)
+
+
+def _value_range(values: torch.Tensor) -> tuple:
+    """``(min, max)`` of a tensor as Python numbers, in one transfer (NaN when it holds one)."""
+    low, high = torch.stack(list(torch.aminmax(values.detach()))).tolist()
+    return low, high
+
+
+def _check_pixels(images: torch.Tensor, image_size: int) -> None:
+    """Float pixels without NaN / inf: a uint8 batch of 0..255 (or a broken one) would tokenize silently."""
+    fix = f"toklip_plugin.image_transform({image_size}) maps PIL images to [-1, 1]"
+    if not images.is_floating_point():
+        found = " with values from {} to {}".format(*_value_range(images)) if images.numel() else ""
+        raise ValueError(f"expected float images in [-1, 1], got {images.dtype}{found}; convert them (0..255 pixels: "
+                         f"images.float() / 127.5 - 1), or {fix}")
+    if images.numel():
+        low, high = _value_range(images)  # one host sync: aminmax gives NaN when any value is NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            count = int((~torch.isfinite(images)).sum())
+            raise ValueError(f"images hold {count} NaN or infinite value(s) (min {low}, max {high}); expected finite "
+                             f"values in [-1, 1]: {fix}")

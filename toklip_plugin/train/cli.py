@@ -5,8 +5,8 @@
 
 A run resumes from the newest checkpoint in its ``run.output_dir`` when there is one.
 
-    toklip-train --config toklip-s-256 --build-cache codes.safetensors data.train='/data/{00000..00099}.tar'
-    toklip-train --config toklip-s-256 data.kind=cache data.train=codes.safetensors  # many epochs, no VQ
+    toklip-train --config toklip-s-256 --build-cache codes/ data.train='/data/{00000..00099}.tar'
+    toklip-train --config toklip-s-256 data.kind=cache data.train=codes/  # many epochs, no VQ
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--allow-config-change", metavar="KEY[,KEY]", default="",
                         help="resume output_dir although these config keys (or sections) changed since its checkpoint, "
                              "e.g. optim.lr or loss")
-    parser.add_argument("--build-cache", metavar="OUT.safetensors",
+    parser.add_argument("--build-cache", metavar="OUT_DIR",
                         help="tokenize the config's training data once (frozen VQ, tokenizer, teacher) into a code "
-                             "cache for data.kind=cache data.train=OUT.safetensors, and exit")
+                             "cache for data.kind=cache data.train=OUT_DIR (a directory of chunks; under torchrun each rank builds its part), and exit")
     return parser.parse_args(argv)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from ..config import TokLIPConfig, config_from_dict, reject_unknown_keys
+from ..config import Bounds, TokLIPConfig, check_fields, config_from_dict, flag, integer, number, reject_unknown_keys
 from ..factory import resolve_config
 from ..io import atomic_path
 from ..models.teacher import TeacherConfig
@@ -41,18 +41,18 @@ class DataSection:
     train: str = ""  # shard glob / brace list, CSV/JSONL file, or cache file
     image_key: str = "image"  # CSV/JSONL column holding the image path
     caption_key: str = "caption"  # CSV/JSONL column or json-field holding the caption
-    shuffle_buffer: int = 1000
-    workers: int = 0
-    num_samples: Optional[int] = None  # samples in one epoch (open_clip's --train-num-samples), for optim.epochs
-    augment: bool = True  # images: the official random-resized-crop training transform; false: the eval transform
-    min_size: Optional[int] = None  # skip images whose width or height is below this many pixels (null: keep all)
+    shuffle_buffer: int = integer(1000, low=0)  # samples held for shuffling (0: read in order)
+    workers: int = integer(0, low=0)  # data-loader processes per rank (0: in the training process)
+    # samples in one epoch (open_clip's --train-num-samples), for optim.epochs
+    num_samples: Optional[int] = integer(None, low=1, null=True)
+    augment: bool = flag(True)  # images: the official random-resized-crop training transform; false: the eval one
+    # skip images whose width or height is below this many pixels (null: keep all)
+    min_size: Optional[int] = integer(None, low=1, null=True)
 
     def __post_init__(self) -> None:
+        check_fields(self, "data.")
         if self.kind not in ("wds", "csv", "jsonl", "cache"):
             raise ValueError(f"data.kind must be one of wds, csv, jsonl, cache; got {self.kind!r}")
-        for name in ("num_samples", "min_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"data.{name} must be a positive integer or null; got {getattr(self, name)}")
 
     def keeps_image(self, width: int, height: int) -> bool:
         """Whether a decoded image of this size passes ``min_size`` (the paper filters low-resolution images;
@@ -65,44 +65,42 @@ class LossSection:
     """The paper's objective by default: InfoNCE + 1000 x MSE of the l2-normalised pooled embeddings."""
 
     contrastive: str = "infonce"  # "infonce" (CLIP softmax, the paper), "sigmoid" (SigLIP; needs a logit_bias), "none"
-    contrastive_weight: float = 1.0
-    distill_weight: float = 1000.0  # x MSE of the l2-normalised pooled embedding to the teacher's (official: 1000)
-    token_distill_weight: float = 0.0  # x MSE of every semantic token to the teacher's token at its grid position
-    token_distill_normalize: bool = True  # l2-normalise each token first; false: raw tokens (official DistillClipLoss)
+    contrastive_weight: float = number(1.0, low=0)
+    distill_weight: float = number(1000.0, low=0)  # x MSE of the l2-normalised pooled embedding to the teacher's
+    token_distill_weight: float = number(0.0, low=0)  # x MSE of every semantic token to the teacher's at its position
+    token_distill_normalize: bool = flag(True)  # l2-normalise each token first; false: raw (official DistillClipLoss)
     sigmoid_dist_impl: str = "gather"  # open_clip SigLipLoss exchange: gather, bidir, shift, reduce
 
     def __post_init__(self) -> None:
+        check_fields(self, "loss.")
         if self.contrastive not in ("sigmoid", "infonce", "none"):
             raise ValueError(f"loss.contrastive must be sigmoid, infonce or none; got {self.contrastive!r}")
 
 
 @dataclass
 class OptimSection:
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.98)
-    eps: float = 1e-6
-    warmup_steps: int = 500
-    steps: Optional[int] = None  # optimizer steps to train; or give epochs (with data.num_samples) instead
-    epochs: Optional[int] = None  # passes over data.num_samples samples, as open_clip_train counts them
-    batch_size: int = 512  # global batch, summed over ranks and accumulation steps
-    accum_steps: int = 1
-    grad_clip: Optional[float] = 1.0
-    decay_pos_embed: bool = False  # weight decay on the position embedding too (the official trainer decays it)
+    lr: float = number(1e-5, above=0)  # YAML 1.1 reads 1e-5 (no dot) as a string: read as the number it spells
+    weight_decay: float = number(0.1, low=0)
+    betas: tuple = (0.9, 0.98)  # each in [0, 1)
+    eps: float = number(1e-6, above=0)
+    warmup_steps: int = integer(500, low=0)  # linear warmup steps (0: none)
+    # optimizer steps to train; or give epochs (with data.num_samples) instead
+    steps: Optional[int] = integer(None, low=1, null=True)
+    epochs: Optional[int] = integer(None, low=1, null=True)  # passes over data.num_samples, as open_clip_train counts
+    batch_size: int = integer(512, low=1)  # global batch, summed over ranks and accumulation steps
+    accum_steps: int = integer(1, low=1)  # micro-batches per optimizer step; must divide batch_size
+    grad_clip: Optional[float] = number(1.0, low=0, null=True)  # global gradient-norm bound (0 or null: none)
+    decay_pos_embed: bool = flag(False)  # weight decay on the position embedding too (the official trainer does)
 
     def __post_init__(self) -> None:
-        # YAML 1.1 reads "1e-5" (no dot) as a string; accept it as the number it means.
-        self.lr, self.weight_decay, self.eps = float(self.lr), float(self.weight_decay), float(self.eps)
-        self.betas = tuple(float(b) for b in self.betas)
+        check_fields(self, "optim.")
+        self.betas = _betas(self.betas)
         if self.batch_size % self.accum_steps:
             raise ValueError(f"optim.batch_size {self.batch_size} is not divisible by optim.accum_steps "
                              f"{self.accum_steps}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"optim.steps ({self.steps}) and optim.epochs ({self.epochs}) both set the length of the "
                              "run; keep one (e.g. optim.epochs=null optim.steps=100 for a short run)")
-        for name in ("steps", "epochs"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"optim.{name} must be a positive integer or null; got {getattr(self, name)}")
 
     def total_steps(self, num_samples: Optional[int]) -> int:
         """Optimizer steps of the run: ``steps``, or ``epochs`` x ceil(``num_samples`` / ``batch_size``), the
@@ -117,27 +115,40 @@ class OptimSection:
         return self.epochs * -(-num_samples // self.batch_size)  # ceil division
 
 
+def _betas(value: Any) -> tuple[float, float]:
+    """AdamW's (beta1, beta2): two numbers in [0, 1)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.98]; got {value!r}")
+    beta = Bounds(float, low=0, below=1)
+    return beta.parse("optim.betas[0]", value[0]), beta.parse("optim.betas[1]", value[1])
+
+
 @dataclass
 class RunSection:
     output_dir: str = "runs/toklip"
     precision: str = "bf16"  # "fp32", "bf16" or "fp16" (autocast; fp16 adds a GradScaler)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = flag(False)
     distributed: str = "ddp"  # "ddp" or "fsdp" (sharded parameters, for the So400m configs)
-    save_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 10
-    eval_every: int = 0  # zero-shot evaluation every N steps (0: off); needs eval_data
+    save_every: int = integer(1000, low=1)  # checkpoint every N steps (and at the last)
+    keep_last: int = integer(3, low=0)  # checkpoints kept (0: all)
+    log_every: int = integer(10, low=1)  # metrics.jsonl line every N steps (and at the last)
+    eval_every: int = integer(0, low=0)  # zero-shot evaluation every N steps on rank 0 (0: off); needs eval_data
     eval_data: Optional[str] = None  # a cache file of held-out samples with class labels
-    seed: int = 0
-    tensorboard: bool = True
-    wandb: bool = False
+    seed: int = integer(0)
+    tensorboard: bool = flag(True)
+    wandb: bool = flag(False)
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
-    text_cache_size: int = 65536  # frozen text-tower outputs kept per distinct caption (LRU); 0: off
-    max_nonfinite_steps: int = 10  # non-finite loss / gradient steps in a row (each skipped) before the run stops
+    # frozen text-tower outputs kept per distinct caption (LRU); 0: off
+    text_cache_size: int = integer(65536, low=0)
+    # non-finite loss / gradient steps in a row (each skipped) before the run stops
+    max_nonfinite_steps: int = integer(10, low=1)
+    # how long a rank waits in a collective before the process group fails it (torch's default: 30 min for gloo,
+    # 10 min for NCCL). Must exceed the evaluation time when eval_every is set: the other ranks wait in the next
+    # collective while rank 0 evaluates
+    collective_timeout_s: float = number(1800.0, above=0)
 
     def __post_init__(self) -> None:
-        if self.text_cache_size < 0:
-            raise ValueError(f"run.text_cache_size must be >= 0; got {self.text_cache_size}")
+        check_fields(self, "run.")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"run.precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
@@ -186,7 +197,12 @@ def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
         values = dict(data.get(name) or {})
         reject_unknown_keys(values, cls, f"train-config section {name!r}")
         sections[name] = cls(**values)
-    return TrainConfig(**sections)
+    config = TrainConfig(**sections)
+    try:  # the model name and overrides are checked now, not at the first step
+        config.model_config()
+    except ValueError as err:
+        raise ValueError(f"model.name {config.model.name!r} with model.overrides: {err}") from err
+    return config
 
 
 def list_train_configs() -> list[str]:

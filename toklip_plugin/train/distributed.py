@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Sequence
 
 import torch
@@ -29,14 +30,20 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group ``torchrun`` describes in the environment (NCCL on GPUs, gloo on CPU)."""
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
+    """Join the process group ``torchrun`` describes in the environment (NCCL on GPUs, gloo on CPU).
+
+    ``timeout_s`` (``run.collective_timeout_s``) bounds every collective, the rendezvous included. It must
+    exceed the longest time one rank can spend alone, such as rank 0's evaluation every ``run.eval_every``
+    steps while the others wait in the next collective; torch's own default is 30 min for gloo and 10 min
+    for NCCL.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     target = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if target.type == "cuda":
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     rank = dist.get_rank() if dist.is_initialized() else 0
     return DistEnv(rank, world_size, target)
 

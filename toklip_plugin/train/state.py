@@ -36,7 +36,7 @@ __all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_che
 RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "data.workers", "run.output_dir", "run.save_every",
                      "run.keep_last", "run.log_every", "run.eval_every", "run.eval_data", "run.tensorboard",
                      "run.wandb", "run.device", "run.text_cache_size", "run.max_nonfinite_steps",
-                     "run.grad_checkpointing", "run.distributed")
+                     "run.grad_checkpointing", "run.distributed", "run.collective_timeout_s")
 
 class ResumeError(ValueError):
     """A checkpoint that this run must not resume from (another config, other weights, other ranks)."""
@@ -121,8 +121,12 @@ def rng_states(env: DistEnv) -> list[dict[str, Optional[torch.Tensor]]]:
     return states
 
 
-def restore_rng(states: list[dict[str, Optional[torch.Tensor]]], env: DistEnv) -> None:
-    """Set this rank's RNG state from :func:`rng_states`' list."""
+def restore_rng(states: list[dict[str, Optional[torch.Tensor]]], env: DistEnv, seed: int) -> None:
+    """Set this rank's RNG state from :func:`rng_states`' list; a rank the saving run did not have (resumed on
+    more processes) is seeded from ``seed + rank``, as a fresh run seeds it."""
+    if env.rank >= len(states):
+        torch.manual_seed(seed + env.rank)
+        return
     state = states[env.rank]
     torch.set_rng_state(state["cpu"])
     if state["cuda"] is not None and env.device.type == "cuda":

@@ -102,7 +102,7 @@ class StudentForward(nn.Module):
         self.model = model
 
     def forward(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, pooled = self.model.encode_codes_and_pool(codes)
+        tokens, pooled = self.model.encode_codes_and_pool(codes, check_range=False)  # VQ or validated-cache codes: no host sync
         return pooled, tokens
 
     def train(self, mode: bool = True) -> "StudentForward":

@@ -52,6 +52,6 @@ class TextEmbeddingCache:
         return self.entries[key]
 
     def _store(self, key: bytes, value: torch.Tensor) -> None:
-        self.entries[key] = value
+        self.entries[key] = value.clone()  # its own storage: a view of the batch's output would keep the batch alive
         if len(self.entries) > self.size:
             self.entries.popitem(last=False)

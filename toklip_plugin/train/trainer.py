@@ -26,7 +26,7 @@ from ..models.toklip import TokLIP
 from ..precision import autocast
 from ..transforms import image_transform, train_transform
 from .config import TrainConfig
-from .data import StreamPosition, build_loader
+from .data import StreamPosition, build_loader, resume_position
 from .distributed import (DistEnv, all_reduce_sum, average_grads, barrier, clip_grad_norm, init_distributed,
                           wrap_student)
 from .losses import TokLIPLoss, clamp_logit_scale
@@ -34,6 +34,7 @@ from .metric_log import MetricLogger
 from .optim import build_optimizer
 from .state import (ResumeError, RunLock, check_resume_config, export_model, load_checkpoint, load_latest_readable,
                     remove_stale_temporaries, restore_rng, rng_states, save_checkpoint)
+from .cache_file import check_cache_for_run
 from .student import StudentForward, build_student
 from .targets import FrozenTargets
 
@@ -56,12 +57,13 @@ class Trainer:
                  allow_config_change: Sequence[str] = ()):
         self.config, run = config, config.run
         self.allow_config_change = tuple(allow_config_change)
-        self.env = env or init_distributed(run.device)
+        self.env = env or init_distributed(run.device, run.collective_timeout_s)
         self.eval_fn = eval_fn or (cache_evaluator(run.eval_data) if run.eval_data else None)
         self.out = Path(run.output_dir)
         self.teacher = (build_teacher(config.teacher, config.model_config(), run.seed).to(self.env.device)
                         if config.uses_teacher else None)
         self.model = build_student(config, self.teacher).to(self.env.device)
+        check_cache_for_run(config, self.model.vq, self.teacher)  # a code cache of another VQ / teacher is refused
         torch.manual_seed(run.seed + self.env.rank)
         if run.grad_checkpointing:
             self.model.encoder.set_grad_checkpointing(True)
@@ -75,13 +77,25 @@ class Trainer:
         self.total_steps = config.optim.total_steps(config.data.num_samples)  # optim.steps, or from epochs
         self.optimizer, self.scheduler = build_optimizer(self.student, config.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=run.precision == "fp16")
-        self.step, self.skipped, self.consumed = 0, 0, 0  # optimizer steps, samples skipped, batches read
+        self.step, self.skipped = 0, 0  # optimizer steps, samples this rank skipped
+        # the data position: the cursor of the last batch consumed from each of this rank's data workers
+        self.position = StreamPosition.start(self.env.rank, self.env.world_size, self.data_workers)
         self.nonfinite_in_a_row = 0
 
     @property
     def sharded(self) -> bool:
         """Whether FSDP shards the student's parameters over the ranks."""
         return self.env.world_size > 1 and self.config.run.distributed == "fsdp"
+
+    @property
+    def data_workers(self) -> int:
+        """Data slots per rank: the DataLoader's worker processes, or the rank itself."""
+        return max(self.config.data.workers, 1)
+
+    @property
+    def consumed(self) -> int:
+        """Batches this rank has read (micro-batches, skipped non-finite steps included)."""
+        return self.position.batches
 
     @property
     def local_batch_size(self) -> int:
@@ -93,14 +107,13 @@ class Trainer:
         return per_step // world
 
     def batches(self) -> Iterator[Batch]:
-        """This rank's batch stream from the current step on (a cache holds tensors: no decoding, no tokenizer)."""
-        position = StreamPosition(self.env.rank, self.env.world_size, self.consumed)
+        """This rank's batch stream from the current position on (a cache holds tensors: no decoding, no tokenizer)."""
         data = self.config.data
         images = data.kind != "cache"
         make_transform = train_transform if data.augment else image_transform
         transform = make_transform(self.model.image_size) if images else None
         tokenizer = get_tokenizer(self.model.config) if images else None
-        return iter(build_loader(self.config.data, transform, tokenizer, self.local_batch_size, position,
+        return iter(build_loader(self.config.data, transform, tokenizer, self.local_batch_size, self.position,
                                  self.config.run.seed))
 
     # resume state ------------------------------------------------------------------------------
@@ -110,8 +123,21 @@ class Trainer:
             full_state_dict=True, cpu_offload=True, ignore_frozen_params=True))
         return {"step": self.step, "model": model_sd, "optimizer": optim_sd,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "data": {"batches": self.consumed, "skipped": self.skipped},
-                "rng": rng_states(self.env), "world_size": self.env.world_size, "config": self.config.to_dict()}
+                "data": self._data_state(), "rng": rng_states(self.env), "world_size": self.env.world_size,
+                "config": self.config.to_dict()}
+
+    def _data_state(self) -> dict[str, Any]:
+        """The data position of every rank (a collective): the global count of skipped samples and each slot's
+        cursor, rank-major; ``cursors`` is None while a slot's is unknown (after resuming an old checkpoint)."""
+        workers, rank = self.data_workers, self.env.rank
+        table = torch.zeros(self.env.world_size * workers + 1, 2, dtype=torch.int64)
+        table[rank * workers:(rank + 1) * workers] = torch.tensor(
+            [cursor if cursor is not None else (-1, -1) for cursor in self.position.cursors])
+        table[-1, 0] = self.skipped
+        table = all_reduce_sum(table.to(self.env.device), self.env).cpu()
+        cursors = table[:-1].tolist()
+        return {"batches": self.consumed, "skipped": int(table[-1, 0]), "workers": workers,
+                "next_worker": self.position.next_worker, "cursors": cursors if table[:-1].min() >= 0 else None}
 
     def save(self) -> None:
         """Write a checkpoint of the current state (refused for a model with a non-finite weight)."""
@@ -134,17 +160,21 @@ class Trainer:
             if found is None:
                 return False
             path, state = found
-        if state["world_size"] != self.env.world_size:
-            raise ResumeError(f"checkpoint {path} was written by {state['world_size']} ranks, this run has "
-                              f"{self.env.world_size}; resume with the same number of processes")
+        try:  # before loading anything: a position that cannot be restored refuses the checkpoint
+            position = resume_position(state["data"], state["world_size"], self.env.rank, self.env.world_size,
+                                       self.data_workers)
+        except ValueError as err:
+            raise ResumeError(f"checkpoint {path} cannot be resumed: {err}") from None
         check_resume_config(path, state["config"], self.config.to_dict(), self.allow_config_change)
         self._check_state_keys(path, state["model"])
         set_state_dict(self.student, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True, strict=False))
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.skipped, self.consumed = state["step"], state["data"]["skipped"], state["data"]["batches"]
-        restore_rng(state["rng"], self.env)
+        # the saved count is every rank's: rank 0 carries it on, so that skipped_total (a sum over ranks) goes on
+        self.step, self.skipped = state["step"], state["data"]["skipped"] if self.env.is_main else 0
+        self.position = position
+        restore_rng(state["rng"], self.env, self.config.run.seed)
         return True
 
     def _check_state_keys(self, path: Path, saved: dict[str, torch.Tensor]) -> None:
@@ -198,7 +228,7 @@ class Trainer:
     def _micro_step(self, host: Batch, sync: bool) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch (gradients synchronised across ranks when ``sync``)."""
         self.skipped += int(host.pop("skipped"))  # still on the host: no device sync
-        self.consumed += 1
+        self.position = self.position.after(host.pop("cursor"))
         batch = {k: v.to(self.env.device, non_blocking=True) for k, v in host.items()}
         targets = self.targets(batch, host.get("text"))
         no_sync = not sync and hasattr(self.student, "no_sync")
@@ -292,7 +322,7 @@ class Trainer:
         run = self.config.run
         if not self.env.is_main:
             return None
-        return MetricLogger(self.out, run.tensorboard, run.wandb, self.config.to_dict())
+        return MetricLogger(self.out, run.tensorboard, run.wandb, self.config.to_dict(), start_step=self.step)
 
     def export(self, directory: Path) -> None:
         """Gather the full student (sharded or not) and write it in our and the released layout (rank 0)."""

@@ -16,6 +16,7 @@ backward and the optimizer. Times are the best of ``--steps`` runs, after one wa
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -59,11 +60,12 @@ def measure(model: str, checkpointing: bool, batch: int, steps: int, device: str
 
 
 def random_batches(trainer: Trainer, batch: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless host batches as the trainer's loader yields them: images in [-1, 1] and caption ids."""
+    """Endless host batches as the trainer's loader yields them: images in [-1, 1], caption ids, the skipped count
+    and the data cursor (worker 0, epoch 0, records read so far)."""
     size, context = trainer.model.image_size, trainer.model.config.text["context_length"]
-    while True:
-        yield {"images": torch.rand(batch, 3, size, size) * 2 - 1,
-               "text": torch.randint(0, 1000, (batch, context)), "skipped": torch.tensor(0)}
+    for index in itertools.count(1):
+        yield {"images": torch.rand(batch, 3, size, size) * 2 - 1, "text": torch.randint(0, 1000, (batch, context)),
+               "skipped": torch.tensor(0), "cursor": torch.tensor([0, 0, index * batch])}
 
 
 def _peak_bytes(device: torch.device) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,17 @@ def test_resuming_under_a_changed_config_is_refused_with_the_changed_keys(tmp_pa
     resumed = _trainer(cache, tmp_path / "run", "optim.steps=4", "optim.lr=0.5", allow=["optim.lr"])
     resumed.fit()
     assert resumed.step == 4 and "lr: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_new_training_data_in_a_finished_run_directory_is_refused_not_silently_reexported(tmp_path):
+    first, second = _write_cache(tmp_path / "first.safetensors"), _write_cache(tmp_path / "second.safetensors")
+    _trainer(first, tmp_path / "run", "optim.steps=2").fit()
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
+    exported = (tmp_path / "run" / "export" / "toklip_released.pt").read_bytes()
+    with pytest.raises(ResumeError, match=re.escape(f"data.train: '{first}' -> '{second}'")):
+        _trainer(second, tmp_path / "run", "optim.steps=2").fit()
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config  # still names the data it was trained on
+    assert (tmp_path / "run" / "export" / "toklip_released.pt").read_bytes() == exported  # not re-exported
 
 
 def test_a_second_run_on_a_locked_directory_stops_at_once_naming_the_holder(tmp_path):

@@ -11,7 +11,7 @@ of toklip-b16 is open_clip's ViT-B-16-SigLIP2-256 architecture. The split of a s
 targets (``Trainer.targets``: ``codes``, ``text``, ``teacher_features``, which run under the run's
 precision as in the step) are each timed alone on a batch of the same size (``vq_share``,
 ``text_share``, ``teacher_share``); the rest, ``student_share``, is the token encoder's forward and
-backward and the optimizer. Times are the best of ``--steps`` runs, after one warm-up step.
+backward and the optimizer. Times are the best of ``--steps`` runs (at least three), after one warm-up run.
 """
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ TEACHERS = {"toklip-tiny": ["teacher.timm_kwargs={embed_dim: 64, depth: 2, num_h
             "toklip-b16": ["teacher.open_clip=ViT-B-16-SigLIP2-256"],
             "toklip-l": ["teacher.open_clip=ViT-SO400M-16-SigLIP2-384"]}  # benchmarks/gpu.sh
 SHARES = ("vq", "text", "teacher", "student")  # the parts of a step, as shares of its time
+# a share is the ratio of two best-of times: with a single run of each, one scheduler hiccup on a loaded machine
+# can make a part look slower than the whole step, so even --steps 1 takes the best of three
+MIN_REPEATS = 3
 
 
 def measure(model: str, checkpointing: bool, batch: int, steps: int, device: str, precision: str = "fp32") -> dict:
@@ -47,12 +50,13 @@ def measure(model: str, checkpointing: bool, batch: int, steps: int, device: str
     trainer.train_step(stream)  # warm-up (also allocates the optimizer state)
     if trainer.targets.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = best_time(lambda: trainer.train_step(stream), repeats=steps, warmup=0)
+    repeats = max(steps, MIN_REPEATS)
+    step = best_time(lambda: trainer.train_step(stream), repeats=repeats, warmup=0)
     targets = trainer.targets
     probe = {key: value.to(targets.device) for key, value in next(stream).items()}
     parts = {"vq": lambda: targets.codes(probe["images"]), "text": lambda: targets.text(probe["text"]),
              "teacher": lambda: targets.teacher_features(probe["images"])}
-    shares = {f"{name}_share": best_time(part, repeats=steps, warmup=0) / step for name, part in parts.items()}
+    shares = {f"{name}_share": best_time(part, repeats=repeats) / step for name, part in parts.items()}
     shares["student_share"] = max(0.0, 1.0 - sum(shares.values()))  # forward, backward and AdamW
     return {"model": model, "grad_ckpt": checkpointing, "precision": precision, "batch": batch,
             "images_per_s": batch / step, "step_s": step, "peak_mib": _peak_bytes(trainer.targets.device) / 2**20,

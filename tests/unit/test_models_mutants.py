@@ -154,3 +154,24 @@ def test_a_pinned_tokenizer_revision_is_the_snapshot_read_not_main(tmp_path):
 
     assert ids(pinned) == [[3, 0, 0]]  # "beta" is the second word of the pinned vocabulary
     assert ids("main") == [[2, 0, 0]]  # and the first of the later one
+
+
+def _std(tensor: torch.Tensor) -> float:
+    return float(tensor.detach().float().std())
+
+
+def test_a_random_encoder_starts_from_the_documented_initialisation(tiny_config):
+    """timm's ViT scales (positions and linear weights 0.02, zero biases, a 0.02 code table) and open_clip's
+    width ** -0.5 for the class embedding and the projection; sample standard deviations within 10 %
+    (30 % for the class embedding's `width` values)."""
+    encoder_config = dataclasses.replace(tiny_config.encoder, mapping="codebook", class_token="last", pool="tok",
+                                         proj=True)
+    encoder = tp.create_model(tiny_config.replace(encoder=encoder_config), seed=3).encoder
+    width = encoder_config.width
+    assert _std(encoder.pos_embed) == pytest.approx(0.02, rel=0.1)
+    assert _std(encoder.code_embed.weight) == pytest.approx(0.02, rel=0.1)
+    assert _std(encoder.proj) == pytest.approx(width ** -0.5, rel=0.1)
+    assert _std(encoder.class_embedding) == pytest.approx(width ** -0.5, rel=0.3)  # only `width` values
+    linears = [m for m in encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.bias is None or not m.bias.any() for m in linears)
+    assert _std(torch.cat([m.weight.flatten() for m in linears])) == pytest.approx(0.02, rel=0.1)

@@ -36,7 +36,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import TokLIPConfig, config_from_dict
-from .io import fsync_directory
+from .io import current_umask, fsync_directory
 
 __all__ = [
     "CheckpointError",
@@ -462,7 +462,7 @@ def _write_model_files(model: nn.Module, folder: Path) -> None:
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "toklip_config": model.config.name})
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
     for name in (WEIGHTS_NAME, CONFIG_NAME):
-        os.chmod(folder / name, 0o666 & ~_umask())  # safetensors creates its file 0600
+        os.chmod(folder / name, 0o666 & ~current_umask())  # safetensors creates its file 0600
         with open(folder / name, "rb") as f:
             os.fsync(f.fileno())
     fsync_directory(folder)
@@ -500,13 +500,7 @@ def _directory_mode(directory: Path) -> int:
     """The mode ``directory`` keeps when replaced: its own, or for a new one 0777 less the umask."""
     if directory.is_dir():
         return stat.S_IMODE(directory.stat().st_mode)
-    return 0o777 & ~_umask()
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    return 0o777 & ~current_umask()
 
 
 def _swap_in(staged: Path, directory: Path) -> None:

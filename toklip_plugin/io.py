@@ -20,7 +20,7 @@ from PIL import Image
 
 __all__ = ["IMAGE_SUFFIXES", "WDS_IMAGE_KEYS", "SKIPPABLE_ERRORS", "MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO",
            "ImageRejected", "check_image_size", "check_aspect_ratio", "open_image", "is_image_file", "expand_shards",
-           "atomic_path", "atomic_torch_save", "fsync_directory"]
+           "atomic_path", "atomic_torch_save", "fsync_directory", "current_umask"]
 
 # file suffixes read as images, lower case with the dot
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -128,9 +128,14 @@ def _replacement_mode(final: Path) -> int:
     try:
         return stat.S_IMODE(final.stat().st_mode)
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def fsync_directory(folder: Path) -> None:

@@ -63,7 +63,8 @@ class TokLIP(nn.Module):
         return self.vq.tokenize(images.to(self.vq.quant_conv.weight.dtype))
 
     def encode_codes(
-        self, codes: torch.Tensor, layer: Optional[int] = None, attn_mask: Optional[torch.Tensor] = None
+        self, codes: torch.Tensor, layer: Optional[int] = None, attn_mask: Optional[torch.Tensor] = None,
+        check_range: bool = True,
     ) -> torch.Tensor:
         """Codes ``[B, n]`` -> semantic tokens ``[B, n, d]``.
 
@@ -71,9 +72,10 @@ class TokLIP(nn.Module):
         ``[embeddings, block 1, ..., block depth]`` like Hugging Face's ``hidden_states`` (so -2
         is the output of the second-to-last block), without the final norm.
 
-        Codes outside ``[0, codebook_size)`` raise a ValueError (one host sync per call).
+        Codes outside ``[0, codebook_size)`` raise a ValueError (one host sync per call);
+        ``check_range=False`` skips that check for codes known to be in range (the VQ's own).
         """
-        self._check_codes(codes)
+        self._check_codes(codes, check_range=check_range)
         codebook = self.vq.quantize.codebook()
         if layer is None:
             return self.encoder.forward_features(codes, codebook, attn_mask)

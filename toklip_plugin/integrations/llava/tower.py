@@ -205,7 +205,7 @@ class TokLIPVisionTower(_TowerSurface):
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         codes = self.toklip.tokenize(images.to(device=self.device, dtype=self.dtype))
-        features = self.toklip.encode_codes(codes, layer=self._layer)
+        features = self.toklip.encode_codes(codes, layer=self._layer, check_range=False)  # the VQ's codes: in range
         if self.select_feature == "semantic_vq":
             code_vectors = F.embedding(codes, self.toklip.vq.quantize.codebook())
             features = torch.cat([features, code_vectors.to(features.dtype)], dim=-1)

@@ -26,10 +26,11 @@ import torch
 import toklip_plugin as tp
 from benchmarks.common import best_time, print_table
 from toklip_plugin.config import EncoderConfig, VQConfig
-from toklip_plugin.integrations.llamagen.cached_encoder import CachedTokenEncoder
 from toklip_plugin.integrations.llamagen.fused import TokLIPTransformer
 from toklip_plugin.integrations.llamagen.gpt import Transformer, model_args
-from toklip_plugin.integrations.llamagen.sampling import guided_logits, sample_logits
+from toklip_plugin.integrations.llamagen.sampling import guided_logits
+from toklip_plugin.models.cached_encoder import CachedTokenEncoder
+from toklip_plugin.models.sampling import sample_logits
 
 VOCAB, CLASSES, CFG = 16384, 1000, 2.5
 
@@ -94,7 +95,7 @@ def step_seconds(model: Transformer, batch: int, tokens: int, steps: int) -> flo
     def decode() -> None:
         x = first
         for input_pos in positions:
-            x = sample_logits(guided_logits(model, torch.cat([x, x]), None, input_pos, CFG))
+            x = sample_logits(guided_logits(model, torch.cat([x, x]), None, input_pos, CFG)[:, -1])
 
     return best_time(decode, repeats=1, warmup=0) / steps
 

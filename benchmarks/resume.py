@@ -36,7 +36,7 @@ def _config(data: str, out: Path, batch: int, steps: int):
     return load_train_config("toklip-tiny", [
         "data.kind=wds", f"data.train={data}", "data.shuffle_buffer=16", f"optim.batch_size={batch}",
         f"optim.steps={steps}", "optim.warmup_steps=1", f"run.output_dir={out}", "run.device=cpu",
-        "run.precision=fp32", "run.tensorboard=false", "run.save_every=1000000"])
+        "run.precision=fp32", "run.report_to=none", "run.save_every=1000000"])
 
 
 def _cursor_after(batches: int, batch: int) -> list[int]:

@@ -6,7 +6,7 @@
     tokens = model.encode_codes(codes)        # causal semantic tokens [B, N, d]
 """
 from .config import TokLIPConfig, list_models
-from .factory import create_model, get_tokenizer, get_transform, load_toklip, resolve_config
+from .factory import RandomWeightsWarning, create_model, get_tokenizer, get_transform, load_toklip, resolve_config
 from .integrations.open_clip import register as _register_with_open_clip
 from .models.toklip import TokLIP
 from .open_clip_api import create_model_and_transforms, create_model_from_pretrained, list_pretrained
@@ -21,6 +21,7 @@ __all__ = [
     "TokLIPConfig",
     "list_models",
     "load_toklip",
+    "RandomWeightsWarning",
     "create_model",
     "resolve_config",
     "get_tokenizer",

@@ -9,12 +9,14 @@
 - SigLIP2 weights from timm / open_clip, to initialise the token encoder and text tower;
 - OpenCLIP ViT weights (open_clip's own ``VisionTransformer`` + text transformer), to initialise
   the paper's ViT-B/16 ablation model;
-- our own directory: ``config.json`` + ``model.safetensors``, staged and swapped in whole.
+- our own directory: ``config.json`` + ``model.safetensors`` (+ an optional ``README.md`` model card), staged
+  and swapped in whole; on the Hub, a repo holding that directory (``hf-hub:ORG/NAME[@REVISION]``).
 
 Loading is strict: a mismatch names the missing and unexpected keys and the config.
 Pickles are read with ``torch.load(weights_only=True)``; one that needs arbitrary code is
 refused; safetensors and ``torch.save`` files are told apart by their first bytes. Files not on disk are
-looked up in ``$TOKLIP_HOME`` and then on the Hub, at the revision (and with the sha256) the config pins.
+looked up in ``$TOKLIP_HOME`` and then on the Hub, at the revision (and with the sha256) the config pins;
+``hf-hub:`` ids (:mod:`toklip_plugin.hub`) name a Hub repo or one file in it.
 """
 from __future__ import annotations
 
@@ -29,14 +31,16 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from . import hub
 from .config import TokLIPConfig, config_from_dict
 from .io import current_umask, fsync_directory
+from .model_card import ModelCardInfo, card_info, render_model_card
 
 __all__ = [
     "CheckpointError",
@@ -56,12 +60,15 @@ __all__ = [
     "load_pretrained_dir",
     "load_state_dict_strict",
     "resolve_weight_file",
+    "download_pretrained",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "CARD_NAME",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"  # the Hugging Face model card
 HOME_ENV = "TOKLIP_HOME"
 
 # released key prefix -> our key prefix; the first match wins, so specific prefixes come first.
@@ -152,10 +159,15 @@ def _is_state_dict(obj: Mapping) -> bool:
 
 
 def resolve_weight_file(source: str | Path | Mapping[str, str]) -> Path:
-    """A local path for ``source``: a path, or a config ``weights`` entry ``{"repo_id", "filename"}`` (plus
-    ``revision``, a Hub commit or tag, and ``sha256``, the file's digest) looked up in ``$TOKLIP_HOME``
-    (default ``~/.cache/toklip``), then in the Hugging Face cache / Hub at that revision. A file found
-    either way is checked against ``sha256`` when the entry names one."""
+    """A local path for ``source``: a path; an ``hf-hub:ORG/NAME[@REVISION]/FILE`` id (that file, through the
+    Hugging Face cache) or ``hf-hub:ORG/NAME[@REVISION]`` (the repo's snapshot folder, in our layout); or a config
+    ``weights`` entry ``{"repo_id", "filename"}`` (plus ``revision``, a Hub commit or tag, and ``sha256``, the
+    file's digest) looked up in ``$TOKLIP_HOME`` (default ``~/.cache/toklip``), then in the Hugging Face cache /
+    Hub at that revision. A file found either way is checked against ``sha256`` when the entry names one."""
+    if hub.is_hub_id(source):
+        ref = hub.parse_hub_id(source)
+        return hub.download_file(ref.repo_id, ref.filename, ref.revision) if ref.filename else download_pretrained(
+            source)
     if not isinstance(source, Mapping):
         path = Path(source).expanduser()
         if not path.exists():
@@ -171,18 +183,23 @@ def resolve_weight_file(source: str | Path | Mapping[str, str]) -> Path:
 
 
 def _hub_download(repo_id: str, filename: str, revision: str | None, local: Path) -> Path:
-    from huggingface_hub import hf_hub_download
+    return hub.download_file(repo_id, filename, revision,
+                             also=f"; or copy the file to {local} (${HOME_ENV}), or pass its path explicitly")
 
-    try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
-    except Exception as err:  # offline, unknown repo, no permission: all end the same way for the user
-        pinned = f" --revision {revision}" if revision else ""
-        raise FileNotFoundError(
-            f"{filename} not found. Looked in {local} (${HOME_ENV}) and the Hugging Face cache, and the Hub "
-            f"download of {repo_id}/{filename} at revision {revision or 'main'} failed ({type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). Download it on a machine with network access (huggingface-cli "
-            f"download {repo_id} {filename}{pinned}) and copy it to {local}, or pass its path explicitly"
-        ) from err
+
+_RELEASED_LAYOUT_HINT = (
+    ". A repo of released-layout .pt files (such as TencentARC/TokLIP) has no config.json: load one of its files "
+    "with the config it fits, e.g. load_toklip('toklip-l', checkpoint='released') (the file the config names) or "
+    "load_toklip('toklip-l', checkpoint='hf-hub:TencentARC/TokLIP/TokLIP_L_384.pt')")
+
+
+def download_pretrained(source: str, files: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:
+    """The local snapshot folder of an ``hf-hub:ORG/NAME[@REVISION]`` repo in our layout, holding ``files``."""
+    ref = hub.parse_hub_id(source)
+    if ref.filename:
+        raise ValueError(f"{source!r} names one file of a repo, not a TokLIP repo: a model source is "
+                         f"hf-hub:{ref.repo_id}[@REVISION]; pass a weight file as checkpoint= with the config it fits")
+    return hub.download_repo(ref.repo_id, files, ref.revision, also=_RELEASED_LAYOUT_HINT)
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:
@@ -431,10 +448,15 @@ def init_from_open_clip(model: nn.Module, state_dict: Mapping[str, torch.Tensor]
 
 
 # our own directory format --------------------------------------------------------------
-def save_pretrained(model: nn.Module, directory: str | Path) -> None:
+def save_pretrained(model: nn.Module, directory: str | Path,
+                    model_card: Union[bool, Mapping[str, Any], ModelCardInfo] = False) -> None:
     """Write ``config.json`` + ``model.safetensors`` so that ``directory`` always holds one whole model.
 
-    Both files are written and fsynced in a staging directory beside ``directory``
+    ``model_card`` (True, or :class:`~toklip_plugin.model_card.ModelCardInfo` fields as a mapping) also writes
+    ``README.md``, a Hugging Face model card, in the same swap; without it a ``README.md`` already in
+    ``directory`` is kept (so is every other file besides the model's own).
+
+    The files are written and fsynced in a staging directory beside ``directory``
     (``.NAME.staging-*``, other files of ``directory`` hard-linked in), which then takes its place in
     one step: an atomic exchange of the two directories where Linux offers one (``renameat2``), else
     ``directory -> .NAME.previous``, staging -> ``directory``, the first rename undone if the second
@@ -448,7 +470,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     _recover_interrupted_save(directory)
     staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging-", dir=directory.parent))
     try:
-        _write_model_files(model, staged)
+        _write_model_files(model, staged, card_info(model_card))
         _carry_over_other_files(directory, staged)
         os.chmod(staged, _directory_mode(directory))  # mkdtemp makes 0700
         _swap_in(staged, directory)
@@ -457,11 +479,13 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     fsync_directory(directory.parent)
 
 
-def _write_model_files(model: nn.Module, folder: Path) -> None:
+def _write_model_files(model: nn.Module, folder: Path, card: ModelCardInfo | None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "toklip_config": model.config.name})
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
-    for name in (WEIGHTS_NAME, CONFIG_NAME):
+    if card is not None:
+        (folder / CARD_NAME).write_text(render_model_card(model.config, card))
+    for name in (WEIGHTS_NAME, CONFIG_NAME) + ((CARD_NAME,) if card is not None else ()):
         os.chmod(folder / name, 0o666 & ~current_umask())  # safetensors creates its file 0600
         with open(folder / name, "rb") as f:
             os.fsync(f.fileno())
@@ -469,11 +493,12 @@ def _write_model_files(model: nn.Module, folder: Path) -> None:
 
 
 def _carry_over_other_files(directory: Path, staged: Path) -> None:
-    """Hard-link what else ``directory`` holds (a model card, ...) into the staging directory."""
+    """Hard-link what else ``directory`` holds (a model card, ...) into the staging directory: every entry the
+    staging directory does not hold a new version of."""
     if not directory.is_dir():
         return
     for entry in directory.iterdir():
-        if entry.name in (WEIGHTS_NAME, CONFIG_NAME):
+        if os.path.lexists(staged / entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, staged / entry.name, symlinks=True, copy_function=os.link)

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from tqdm import tqdm
 
 from .checkpoints import CheckpointError
-from .factory import get_transform, load_toklip, resolve_config
+from .factory import create_model, get_transform, load_toklip, resolve_config
 from .io import SKIPPABLE_ERRORS, atomic_torch_save, is_image_file, open_image
+from .progress import ProgressBar
+from .weight_options import add_weight_options, checkpoint_to_load, holds_weights
 
 __all__ = ["main"]
 
@@ -25,8 +26,15 @@ def _parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Nothing printed depends on the weight values: they are loaded (and checked against the config) only when
+    ``--checkpoint`` names them or the source holds them; otherwise the model is built on the meta device."""
     config = resolve_config(args.model)
-    model = load_toklip(args.model, checkpoint=args.checkpoint)
+    if args.checkpoint is None and not holds_weights(args.model):
+        with torch.device("meta"):  # shapes only: no memory, no initialisation (seconds saved for toklip-l)
+            model = create_model(config)
+        weights = "none loaded (the counts do not depend on them)"
+    else:
+        model, weights = load_toklip(args.model, checkpoint=args.checkpoint), args.checkpoint or str(args.model)
     print(f"{config.name}: {config.description}")
     print(f"image size {config.image_size} px, grid {config.grid_size}x{config.grid_size} = {config.num_tokens} tokens, "
           f"embedding dim {config.embed_dim}")
@@ -38,6 +46,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("parameters:")
     for name, count in _parameter_counts(model).items():
         print(f"  {name:<18s} {count:>14,d}")
+    print(f"weights: {weights}")
     return 0
 
 
@@ -85,17 +94,18 @@ def _batches(files: list[Path], transform, batch_size: int, skipped: list[str]
 @torch.no_grad()
 def cmd_encode(args: argparse.Namespace) -> int:
     _check_output(Path(args.output))
+    checkpoint = checkpoint_to_load(args, "toklip encode")
     files = _expand_images(args.images)
     if not files:
         print("toklip encode: no images found", file=sys.stderr)
         return 1
-    model = load_toklip(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = load_toklip(args.model, checkpoint=checkpoint, device=args.device, random_weights=args.random_weights)
     transform = get_transform(model.config)
     skipped: list[str] = []
     out = {"paths": [], "codes": [], "image_embeddings": []}
     if args.tokens:
         out["tokens"] = []
-    with tqdm(total=len(files), desc="encode", unit="img") as bar:
+    with ProgressBar(total=len(files), desc="encode", unit="img") as bar:
         for names, images, consumed in _batches(files, transform, args.batch_size, skipped):
             codes = model.tokenize(images.to(args.device))
             tokens, pooled = model.encode_codes_and_pool(codes, normalize=True)
@@ -113,6 +123,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return 1
     result = {k: (v if k == "paths" else torch.cat(v)) for k, v in out.items()}
     result["model"] = model.config.name
+    result["random_weights"] = args.random_weights
     atomic_torch_save(result, args.output)
     print(f"wrote {len(result['paths'])} images ({model.num_tokens} codes each) to {args.output}; "
           f"skipped {len(skipped)} that could not be used")
@@ -125,13 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="config, parameter counts per part, token count")
     info.add_argument("model", help="a name (toklip-l, ...), saved directory or config file")
-    info.add_argument("--checkpoint", default=None, help="weights to load (path or 'released')")
+    info.add_argument("--checkpoint", default=None,
+                      help="weights to load and check against the config (path or 'released'; default: none)")
     info.set_defaults(func=cmd_info)
 
     enc = sub.add_parser("encode", help="images -> VQ codes and TokLIP embeddings, saved with torch.save")
     enc.add_argument("images", nargs="+", help="image files or folders")
-    enc.add_argument("--model", default="toklip-tiny")
-    enc.add_argument("--checkpoint", default=None, help="weights to load (path or 'released')")
+    enc.add_argument("--model", default="toklip-l", help="a name (toklip-l, ...), saved directory or config file")
+    add_weight_options(enc)
     enc.add_argument("--output", "-o", default="toklip_codes.pt")
     enc.add_argument("--batch-size", type=int, default=16)
     enc.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

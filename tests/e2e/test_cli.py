@@ -1,6 +1,13 @@
 """The ``toklip`` command line: info and encode."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -9,6 +16,9 @@ from helpers.images import bomb_png, broken_chunk_png, grey_png
 
 import toklip_plugin as tp
 from toklip_plugin.cli import main
+from toklip_plugin import RandomWeightsWarning
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -16,6 +26,26 @@ def tiny_model_dir(tmp_path):
     model_dir = tmp_path / "model"
     tp.create_model(tp.resolve_config("toklip-tiny"), seed=3).save_pretrained(model_dir)
     return model_dir
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def no_weights_anywhere(tmp_path, monkeypatch):
+    """An empty $TOKLIP_HOME and Hugging Face cache, and the Hub offline."""
+    env = {"TOKLIP_HOME": str(tmp_path / "toklip_home"), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time upstream
+    return env
 
 
 def test_info_prints_parts_and_token_count(capsys):
@@ -27,6 +57,13 @@ def test_info_prints_parts_and_token_count(capsys):
         count = sum(p.numel() for p in getattr(model, part).parameters())
         assert f"{count:,d}" in out
     assert f"{sum(p.numel() for p in model.parameters()):,d}" in out
+    assert "weights: none loaded" in out
+
+
+def test_info_needs_no_weights_even_for_a_released_config(no_weights_anywhere, capsys):
+    assert main(["info", "toklip-l"]) == 0  # offline, nothing cached: the counts need shapes only
+    out = capsys.readouterr().out
+    assert "24x24 = 576 tokens" in out and "weights: none loaded" in out
 
 
 def test_encode_writes_codes_and_embeddings_and_skips_unreadable(tmp_path, tiny_model_dir, capsys):
@@ -81,3 +118,48 @@ def test_encode_refuses_a_folder_as_output_before_loading_or_encoding(tmp_path, 
     assert main(["encode", str(tmp_path), "--model", str(tmp_path / "no-model"), "-o",
                  str(tmp_path / "missing" / "codes.pt")]) == 2
     assert f"create {tmp_path / 'missing'} first" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_encode_defaults_to_released_toklip_l_and_without_them_offline_fails_with_download_instructions(
+        tmp_path, photos, no_weights_anywhere):
+    out_file = tmp_path / "codes.pt"
+    done = subprocess.run([sys.executable, "-m", "toklip_plugin.cli", "encode", str(photos), "-o", str(out_file),
+                           "--device", "cpu"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, **no_weights_anywhere}, timeout=600)
+    assert done.returncode == 2, done.stderr
+    home = Path(no_weights_anywhere["TOKLIP_HOME"])
+    assert "TokLIP_L_384.pt of the Hugging Face repo TencentARC/TokLIP" in done.stderr
+    assert "huggingface-cli download TencentARC/TokLIP TokLIP_L_384.pt" in done.stderr
+    assert f"copy the file to {home / 'TokLIP_L_384.pt'} ($TOKLIP_HOME)" in done.stderr
+    assert not out_file.exists()
+
+
+def test_encode_with_random_weights_runs_silently_and_says_so_on_stderr(tmp_path, photos, capsys):
+    out_file = tmp_path / "codes.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)  # --random-weights is explicit: no warning on top
+        assert main(["encode", str(photos), "--model", "toklip-tiny", "--random-weights", "-o", str(out_file),
+                     "--device", "cpu"]) == 0
+    assert "--random-weights: the TokLIP weights are random" in capsys.readouterr().err
+    result = torch.load(out_file, weights_only=True)
+    assert result["random_weights"] is True and len(result["paths"]) == 2
+
+
+@pytest.mark.parametrize("model", ["toklip-tiny", str(ROOT / "configs" / "models" / "toklip-tiny.json")])
+def test_encode_refuses_a_config_without_released_weights_naming_both_options(tmp_path, photos, model, capsys):
+    out_file = tmp_path / "codes.pt"
+    assert main(["encode", str(photos), "--model", model, "-o", str(out_file), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "'toklip-tiny' names no released weights" in err
+    assert "--checkpoint PATH" in err and "--random-weights" in err
+    assert not out_file.exists()
+
+
+def test_encode_refuses_random_weights_with_weights_named_or_held(tmp_path, photos, tiny_model_dir, capsys):
+    argv = ["encode", str(photos), "-o", str(tmp_path / "codes.pt"), "--device", "cpu", "--random-weights"]
+    assert main([*argv, "--model", "toklip-tiny", "--checkpoint", str(tiny_model_dir)]) == 2
+    assert "--checkpoint and --random-weights contradict each other" in capsys.readouterr().err
+    assert main([*argv, "--model", str(tiny_model_dir)]) == 2
+    assert "holds its own weights, so --random-weights would be ignored" in capsys.readouterr().err
+    assert not (tmp_path / "codes.pt").exists()

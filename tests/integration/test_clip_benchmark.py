@@ -11,6 +11,7 @@ from PIL import Image
 from helpers.weights import spread_weights
 
 import toklip_plugin as tp
+from toklip_plugin import eval_command
 from toklip_plugin.evaluation.cli import main as toklip_eval
 from toklip_plugin.integrations import clip_benchmark as launcher
 from toklip_plugin.train.state import export_model
@@ -64,9 +65,14 @@ def retrieval_set(tmp_path):
     return root
 
 
-def _clip_benchmark(tmp_path, weights, *argv) -> dict:
+# CLIP_benchmark's command line, reached through the launcher module and through ``toklip-eval clip-benchmark``
+ENTRY_POINTS = {"python -m launcher": launcher.main,
+                "toklip-eval clip-benchmark": lambda argv: eval_command.main(["clip-benchmark", *argv])}
+
+
+def _clip_benchmark(tmp_path, weights, *argv, entry: str = "python -m launcher") -> dict:
     output = tmp_path / "clip_benchmark.json"
-    assert launcher.main(["eval", "--model", "toklip-tiny", "--pretrained", str(weights), "--no_amp",
+    assert ENTRY_POINTS[entry](["eval", "--model", "toklip-tiny", "--pretrained", str(weights), "--no_amp",
                           "--num_workers", "0", "--batch_size", "5", "--quiet", "--output", str(output), *argv]) == 0
     return json.loads(output.read_text())["metrics"]
 
@@ -79,7 +85,8 @@ def _toklip_eval(tmp_path, weights, *argv) -> dict:
 
 
 @pytest.mark.slow
-def test_clip_benchmark_zero_shot_equals_toklip_eval(tmp_path, weights, class_folder):
+@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+def test_clip_benchmark_zero_shot_equals_toklip_eval(tmp_path, weights, class_folder, entry):
     templates = [template("{c}") for template in SIMPLE_IMAGENET_TEMPLATES]  # toklip-eval's --templates simple
     names = [name.replace("_", " ") for name in sorted(CLASSES)]  # toklip-eval names a class after its folder
     (tmp_path / "templates.json").write_text(json.dumps({"imagenet1k-unverified": templates}))
@@ -87,7 +94,7 @@ def test_clip_benchmark_zero_shot_equals_toklip_eval(tmp_path, weights, class_fo
     theirs = _clip_benchmark(tmp_path, weights, "--dataset", "imagenet1k-unverified", "--dataset_root",
                              str(class_folder), "--task", "zeroshot_classification",
                              "--custom_template_file", str(tmp_path / "templates.json"),
-                             "--custom_classname_file", str(tmp_path / "classnames.json"))
+                             "--custom_classname_file", str(tmp_path / "classnames.json"), entry=entry)
     ours = _toklip_eval(tmp_path, weights, "zeroshot", "--data", str(class_folder / "val"), "--templates", "simple")
     assert ours["images"] == sum(CLASSES.values())
     assert theirs["acc1"] == pytest.approx(ours["top1"], abs=1e-6)

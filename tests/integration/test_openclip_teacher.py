@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import toklip_plugin as tp
 from toklip_plugin.checkpoints import CheckpointError
 from toklip_plugin.demo.synthetic import make_samples, write_csv
-from toklip_plugin.integrations.llamagen.cached_encoder import CachedTokenEncoder
+from toklip_plugin.models.cached_encoder import CachedTokenEncoder
 from toklip_plugin.models.teacher import OpenCLIPViTTeacher, build_teacher
 from toklip_plugin.train import Trainer
 from toklip_plugin.train.config import load_train_config
@@ -134,7 +134,7 @@ def test_ablation_config_with_pooled_and_token_distillation_trains_with_finite_l
     config = _train_config(folder, "data.kind=csv", f"data.train={csv_path}", "data.min_size=null",
                            "data.workers=0", "optim.epochs=null", "optim.steps=3", "optim.batch_size=8",
                            "optim.warmup_steps=1", "optim.lr=1e-4", "run.precision=fp32", "run.device=cpu",
-                           "run.tensorboard=false", f"run.output_dir={tmp_path / 'run'}",
+                           "run.report_to=none", f"run.output_dir={tmp_path / 'run'}",
                            name="toklip-b16-token-distill")
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.encoder.state_dict().items()}

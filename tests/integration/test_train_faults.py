@@ -38,7 +38,7 @@ def _write_cache(path: Path, nan_rows: slice = slice(0, 0)) -> Path:
 def _trainer(cache: Path, out: Path, *overrides: str, allow=()) -> Trainer:
     config = load_train_config("toklip-tiny", ["data.kind=cache", f"data.train={cache}", f"run.output_dir={out}",
                                                "optim.batch_size=8", "optim.warmup_steps=1", "run.save_every=1",
-                                               "run.keep_last=5", "run.tensorboard=false", *overrides])
+                                               "run.keep_last=5", "run.report_to=none", *overrides])
     return Trainer(config, allow_config_change=allow)
 
 
@@ -209,7 +209,7 @@ def _skipped_totals(env: DistEnv, csv_path: Path, out: Path) -> dict[str, int]:
     def run(directory: Path, steps: int) -> tuple[int, int]:  # (skipped_total, this rank's own count)
         config = load_train_config("toklip-tiny", [f"data.train={csv_path}", f"run.output_dir={directory}",
                                                    f"optim.steps={steps}", "optim.batch_size=8", "run.save_every=2",
-                                                   "optim.warmup_steps=1", "run.tensorboard=false"])
+                                                   "optim.warmup_steps=1", "run.report_to=none"])
         trainer = Trainer(config, env=env)
         return trainer.fit()["skipped_total"], trainer.skipped
 

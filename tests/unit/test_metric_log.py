@@ -7,7 +7,7 @@ from toklip_plugin.train.metric_log import MetricLogger
 
 
 def _log(out, steps, start_step=0):
-    logger = MetricLogger(out, tensorboard=False, wandb=False, config={}, start_step=start_step)
+    logger = MetricLogger(out, report_to=[], config={}, start_step=start_step)
     for step in steps:
         logger.log(step, {"total": float(step)})
     logger.close()

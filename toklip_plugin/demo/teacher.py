@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from tqdm import tqdm
 
 from .. import TokLIPConfig
 from ..models.teacher import SigLIPTeacher, build_small_teacher
+from ..progress import ProgressBar
 from ..train.config import LossSection
 from ..train.losses import TokLIPLoss
 
@@ -31,7 +31,7 @@ def train_teacher(timm_kwargs: Mapping[str, Any], model_config: TokLIPConfig, im
     generator = torch.Generator().manual_seed(seed)
     losses = []
     teacher.train()
-    for _ in tqdm(range(steps), desc="teacher", dynamic_ncols=True):
+    for _ in ProgressBar(range(steps), desc="teacher", dynamic_ncols=True):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         image_emb = teacher.encode_image(_random_flips(images[idx], generator))
         loss = loss_fn(image_emb, teacher.encode_text(text[idx]), teacher.logit_scale, teacher.logit_bias)["total"]

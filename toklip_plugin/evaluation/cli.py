@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -20,14 +20,16 @@ from ..factory import get_tokenizer, get_transform, load_toklip
 from ..models.teacher import TeacherConfig, build_teacher
 from ..models.vq import VQModel
 from ..precision import AMP_DTYPES
+from ..weight_options import add_weight_options, checkpoint_to_load
 from .data import ImageFiles, WebDatasetImages, class_folder, image_files, make_loader, read_captions, read_classnames
 from .results import markdown_table, write_results
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]
 
 
 def _load_model(args: argparse.Namespace):
-    return load_toklip(args.model, checkpoint=args.checkpoint, vq_checkpoint=args.vq_checkpoint, device=args.device)
+    return load_toklip(args.model, checkpoint=args.checkpoint, vq_checkpoint=args.vq_checkpoint, device=args.device,
+                       random_weights=args.random_weights)
 
 
 def _labelled_images(path: str, transform, args: argparse.Namespace):
@@ -120,7 +122,7 @@ def cmd_reconstruction(args: argparse.Namespace) -> dict:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="toklip-l", help="a name (toklip-s, toklip-l, ...), saved directory or config file")
-    parser.add_argument("--checkpoint", default=None, help="TokLIP weights: a file, a saved directory or 'released'")
+    add_weight_options(parser)
     parser.add_argument("--vq-checkpoint", default=None, help="LlamaGen VQ weights for TokLIP's VQ part (file or 'released')")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -130,7 +132,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="results file stem (default: the subcommand)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(delegated: Optional[Mapping[str, str]] = None) -> argparse.ArgumentParser:
+    """The parser of the evaluations; ``delegated`` (name -> one-line help) lists in ``--help`` subcommands that
+    the caller runs itself, before parsing (``toklip-eval clip-benchmark``, toklip_plugin.eval_command)."""
     parser = argparse.ArgumentParser(prog="toklip-eval", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,17 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p in (zs, rt, sim, rc):
         _common(p)
+    for name, help_line in (delegated or {}).items():
+        sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed evaluation subcommand; write and print its results."""
     try:
+        args.checkpoint = checkpoint_to_load(args, f"toklip-eval {args.command}")  # before any data is read
         results = args.func(args)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"toklip-eval {args.command}: error: {err}", file=sys.stderr)
         return 2
-    results = {"task": args.command, "model": args.model, "checkpoint": args.checkpoint, **results}
+    results = {"task": args.command, "model": args.model, "checkpoint": args.checkpoint,
+               "random_weights": args.random_weights, **results}
     json_path, md_path = write_results(results, args.output_dir, args.name or args.command)
     for skipped in results.get("skipped_files", []):
         print(f"skipped unreadable image {skipped}", file=sys.stderr)

@@ -5,9 +5,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm import tqdm
 
 from ..precision import autocast
+from ..progress import ProgressBar
 from .data import ImageFiles, make_loader
 from .metrics import caption_positives, retrieval_recall
 from .runtime import run_batches
@@ -20,7 +20,7 @@ def encode_texts(model, tokenizer: Callable, texts: Sequence[str], batch_size: i
                  amp: str = "none") -> torch.Tensor:
     """``[T, E]`` normalised text embeddings, float32 on CPU."""
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="captions", unit="batch"):
+    for start in ProgressBar(range(0, len(texts), batch_size), desc="captions", unit="batch"):
         with autocast(device, amp):
             ids = tokenizer(list(texts[start:start + batch_size])).to(device)
             out.append(model.encode_text(ids, normalize=True).float().cpu())

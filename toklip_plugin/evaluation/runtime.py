@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
-from tqdm import tqdm
 
 from ..precision import autocast
+from ..progress import ProgressBar
 from .data import Batch, Skipped
 
 __all__ = ["Encoded", "run_batches"]
@@ -35,7 +35,7 @@ def run_batches(fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], loader: I
     """Apply ``fn`` (images -> named per-image tensors) to every batch; raise if no image was readable."""
     outputs: dict[str, list[torch.Tensor]] = {}
     targets, skipped = [], []
-    with tqdm(total=total, desc=desc, unit="img") as bar:
+    with ProgressBar(total=total, desc=desc, unit="img") as bar:
         for batch in loader:
             skipped.extend(batch.skipped)
             if len(batch.targets):

@@ -8,6 +8,7 @@ from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
 from ..precision import autocast
+from ..progress import is_terminal
 from .metrics import zero_shot_accuracy
 from .runtime import run_batches
 
@@ -22,7 +23,8 @@ def class_embeddings(model, tokenizer: Callable, classnames: Sequence[str], temp
     """``[classes, E]``: the normalised mean of each class's normalised prompt embeddings (open_clip's recipe)."""
     with autocast(device, amp):
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                             num_classes_per_batch=10, device=device, use_tqdm=True)
+                                             num_classes_per_batch=10, device=device,
+                                             use_tqdm=is_terminal())  # open_clip's own bar: none in a log
     return weights.float().t().cpu()
 
 

@@ -7,7 +7,9 @@ pixels through the untouched VQ decoder). Checkpoint I/O lives in ``checkpoints.
 from __future__ import annotations
 
 import math
-from typing import Optional
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -155,11 +157,32 @@ class TokLIP(nn.Module):
                 raise ValueError(f"codes must lie in [0, {size}), the VQ codebook of {self.config.name}; got values "
                                  f"from {low} to {high}")
 
-    def save_pretrained(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` atomically (see ``checkpoints.save_pretrained``)."""
+    def save_pretrained(self, directory, model_card: Union[bool, Mapping[str, Any]] = False) -> None:
+        """Write ``config.json`` + ``model.safetensors`` atomically (see ``checkpoints.save_pretrained``).
+
+        ``model_card``: also write ``README.md``, a Hugging Face model card: True, or a mapping of
+        :class:`~toklip_plugin.model_card.ModelCardInfo` fields (``repo_id``, ``training_data``, ``eval_results``
+        (a dict or a ``results.json``), ``base_model``, ``license``). Off by default: a directory of weights for
+        local use needs no card, and one the user wrote by hand is kept.
+        """
         from ..checkpoints import save_pretrained
 
-        save_pretrained(self, directory)
+        save_pretrained(self, directory, model_card)
+
+    def push_to_hub(self, repo_id: str, *, revision: Optional[str] = None, private: Optional[bool] = None,
+                    commit_message: str = "Upload TokLIP model", token: Optional[str] = None,
+                    model_card: Union[bool, Mapping[str, Any]] = True) -> str:
+        """Upload what ``save_pretrained(directory, model_card)`` writes (with ``repo_id`` in the card's loading
+        example) to the Hub repo ``repo_id`` (created if missing; ``private`` applies then) on branch ``revision``
+        (default ``main``), as one commit; returns its URL. ``load_toklip("hf-hub:" + repo_id)`` loads it back."""
+        from ..hub import upload_folder
+        from ..model_card import card_info
+
+        with tempfile.TemporaryDirectory(prefix="toklip-push-") as tmp:
+            folder = Path(tmp) / "model"
+            self.save_pretrained(folder, card_info(model_card, repo_id) or False)
+            return upload_folder(folder, repo_id, revision=revision, private=private, commit_message=commit_message,
+                                 token=token)
 
 
 def _value_range(values: torch.Tensor) -> tuple:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-from tqdm import tqdm
 
 from ..factory import create_vq, get_tokenizer
 from ..io import SKIPPABLE_ERRORS, expand_shards
 from ..models.teacher import build_teacher
+from ..progress import ProgressBar
 from ..transforms import image_transform
 from .cache_file import DEFAULT_CHUNK_BYTES, RECORD_KEY, TEACHER_KEYS, CacheWriter, cache_identity, finite_rows
 from .config import DataSection, TrainConfig
@@ -67,7 +67,7 @@ def build_code_cache(config: TrainConfig, out: str | Path, batch_size: int = 64,
                          source=f"{config.data.kind}:{config.data.train}")
     decoder = SampleDecoder(config.data, image_transform(model_config.image_size), get_tokenizer(model_config))
     decoded = _Decoded(rank_records(config.data, rank, world_size), decoder)
-    bar = tqdm(desc=f"code cache (rank {rank} of {world_size})", unit="img", dynamic_ncols=True)
+    bar = ProgressBar(desc=f"code cache (rank {rank} of {world_size})", unit="img", dynamic_ncols=True)
     for batch in _batches(iter(decoded), batch_size):
         image_targets = targets.image_targets({"images": batch["images"].to(targets.device)})
         rows = _finite_only({**{key: value.cpu() for key, value in image_targets.items() if value is not None},

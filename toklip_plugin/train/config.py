@@ -135,9 +135,12 @@ class RunSection:
     eval_every: int = integer(0, low=0)  # zero-shot evaluation every N steps on rank 0 (0: off); needs eval_data
     eval_data: Optional[str] = None  # a cache file of held-out samples with class labels
     seed: int = integer(0)
-    tensorboard: bool = flag(True)
-    wandb: bool = flag(False)
+    # where metrics go besides metrics.jsonl (rank 0): any of REPORTERS, e.g. [tensorboard, wandb]; [] or none: nowhere
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    name: Optional[str] = None  # the run's name in logs and in W&B (default: the output directory's name)
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
+    # a Hugging Face Hub repo (ORG/NAME) that rank 0 uploads the exported model (with its model card) to at the end
+    push_to_hub: Optional[str] = None
     # frozen text-tower outputs kept per distinct caption (LRU); 0: off
     text_cache_size: int = integer(65536, low=0)
     # non-finite loss / gradient steps in a row (each skipped) before the run stops
@@ -153,6 +156,42 @@ class RunSection:
             raise ValueError(f"run.precision must be fp32, bf16 or fp16; got {self.precision!r}")
         if self.distributed not in ("ddp", "fsdp"):
             raise ValueError(f"run.distributed must be ddp or fsdp; got {self.distributed!r}")
+        self.report_to = _reporters(self.report_to)
+        if self.name is not None and not str(self.name).strip():
+            raise ValueError(f"run.name must be a non-empty name (or null: the output directory's); got {self.name!r}")
+        self.name = None if self.name is None else str(self.name)
+
+    @property
+    def run_name(self) -> str:
+        """``name``, or the output directory's name."""
+        return self.name or Path(self.output_dir).resolve().name
+
+
+REPORTERS = ("tensorboard", "wandb")
+# keys a config may no longer hold, with what replaced them
+_REPLACED_KEYS = {"run.tensorboard": "run.report_to: [tensorboard]", "run.wandb": "run.report_to: [wandb]"}
+
+
+def _reporters(value: Any) -> list[str]:
+    """``run.report_to`` as a list of distinct reporters, from a list, one name, or none ("none", [] or null)."""
+    if value is None or value == "none":
+        return []
+    items = [value] if isinstance(value, str) else value
+    valid = f"{', '.join(REPORTERS)} (or none / [] for neither)"
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"run.report_to must be a list of reporters, of {valid}; got {value!r}")
+    unknown = [item for item in items if item not in REPORTERS]
+    if unknown:
+        raise ValueError(f"run.report_to: unknown reporter(s) {unknown}; valid: {valid}")
+    return list(dict.fromkeys(items))
+
+
+def _refuse_replaced_keys(section: str, values: Mapping[str, Any]) -> None:
+    for key in values:
+        replacement = _REPLACED_KEYS.get(f"{section}.{key}")
+        if replacement:
+            raise ValueError(f"{section}.{key} was replaced by {replacement} (a list of {', '.join(REPORTERS)}; "
+                             "[] for none)")
 
 
 _SECTIONS = {"model": ModelSection, "teacher": TeacherConfig, "data": DataSection,
@@ -195,6 +234,7 @@ def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
     sections = {}
     for name, cls in _SECTIONS.items():
         values = dict(data.get(name) or {})
+        _refuse_replaced_keys(name, values)
         reject_unknown_keys(values, cls, f"train-config section {name!r}")
         sections[name] = cls(**values)
     config = TrainConfig(**sections)

@@ -34,9 +34,11 @@ __all__ = ["save_checkpoint", "latest_checkpoint", "list_checkpoints", "load_che
 # workers decode, and the run's length (training on from the last step). Everything else (model, teacher,
 # data, loss, batch, optimiser, precision, seed) would make the resumed run a different run.
 RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "data.workers", "run.output_dir", "run.save_every",
-                     "run.keep_last", "run.log_every", "run.eval_every", "run.eval_data", "run.tensorboard",
-                     "run.wandb", "run.device", "run.text_cache_size", "run.max_nonfinite_steps",
-                     "run.grad_checkpointing", "run.distributed", "run.collective_timeout_s")
+                     "run.keep_last", "run.log_every", "run.eval_every", "run.eval_data", "run.report_to",
+                     "run.name", "run.tensorboard", "run.wandb",  # the last two: in checkpoints of older runs
+                     "run.device", "run.text_cache_size", "run.max_nonfinite_steps",
+                     "run.grad_checkpointing", "run.distributed", "run.collective_timeout_s",
+                     "run.push_to_hub")
 
 class ResumeError(ValueError):
     """A checkpoint that this run must not resume from (another config, other weights, other ranks)."""
@@ -99,11 +101,12 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     return stale
 
 
-def export_model(model: torch.nn.Module, directory: str | Path) -> dict[str, Path]:
-    """Export a trained TokLIP: our ``save_pretrained`` directory and the released ``.pt`` layout."""
+def export_model(model: torch.nn.Module, directory: str | Path, model_card: Any = False) -> dict[str, Path]:
+    """Export a trained TokLIP: our ``save_pretrained`` directory (with a model card when ``model_card`` is
+    given, see ``TokLIP.save_pretrained``) and the released ``.pt`` layout."""
     directory = Path(directory)
     pretrained = directory / "toklip"
-    model.save_pretrained(pretrained)
+    model.save_pretrained(pretrained, model_card=model_card)
     released = directory / "toklip_released.pt"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": native_to_released(state)}, released)

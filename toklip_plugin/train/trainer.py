@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -16,14 +17,15 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
-from tqdm import tqdm
 
 from ..checkpoints import load_state_dict_strict
 from ..evaluation.heldout import cache_evaluator
 from ..factory import create_model, get_tokenizer
+from ..hub import upload_folder
 from ..models.teacher import build_teacher
 from ..models.toklip import TokLIP
 from ..precision import autocast
+from ..progress import ProgressBar
 from ..transforms import image_transform, train_transform
 from .config import TrainConfig
 from .data import StreamPosition, build_loader, resume_position
@@ -81,6 +83,7 @@ class Trainer:
         # the data position: the cursor of the last batch consumed from each of this rank's data workers
         self.position = StreamPosition.start(self.env.rank, self.env.world_size, self.data_workers)
         self.nonfinite_in_a_row = 0
+        self.last_eval: Optional[dict[str, Any]] = None  # rank 0's latest evaluation, for the model card
 
     @property
     def sharded(self) -> bool:
@@ -261,7 +264,7 @@ class Trainer:
     def _fit(self) -> dict[str, float]:
         if self.env.is_main:
             for stale in remove_stale_temporaries(self.out / "checkpoints"):
-                tqdm.write(f"[toklip-train] removed {stale}, left by an interrupted save")
+                ProgressBar.write(f"[toklip-train] removed {stale}, left by an interrupted save")
         barrier(self.env)
         resumed = self.resume()
         if self.env.is_main:  # only once the resume has accepted the config
@@ -269,8 +272,8 @@ class Trainer:
         self.student.train()
         logger = self._logger()
         batches, metrics = self.batches(), {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.env.is_main,
-                   desc="resumed" if resumed else "train", dynamic_ncols=True)
+        bar = ProgressBar(total=self.total_steps, initial=self.step, disable=not self.env.is_main,
+                          desc=f"{self.config.run.run_name} ({'resumed' if resumed else 'train'})", dynamic_ncols=True)
         while self.step < self.total_steps:
             metrics = self._step_and_report(batches, logger)
             bar.n = self.step
@@ -281,9 +284,11 @@ class Trainer:
         self.export(self.out / "export")
         if logger:
             logger.close()
-            print(f"[toklip-train] step {self.step}: exported to {self.out / 'export'}; "
+            print(f"[toklip-train] {self.config.run.run_name}, step {self.step}: exported to {self.out / 'export'}; "
                   f"{skipped} samples skipped because they failed to decode")
         barrier(self.env)
+        if self.env.is_main and self.config.run.push_to_hub:
+            self.push_export(self.out / "export" / "toklip")
         return metrics
 
     def _step_and_report(self, batches: Iterator[Batch], logger: Optional[MetricLogger]) -> dict[str, float]:
@@ -297,7 +302,9 @@ class Trainer:
             self._on_nonfinite(metrics, logger)
             return metrics
         if self.eval_fn and run.eval_every and self.step % run.eval_every == 0 and self.env.is_main:
-            metrics.update(self.eval_fn(self.model))
+            results = self.eval_fn(self.model)
+            metrics.update(results)
+            self.last_eval = {"eval_step": self.step, **results}
         if logger and (self.step % run.log_every == 0 or self.step == last):
             logger.log(self.step, metrics)
         if self.step % run.save_every == 0 or self.step == last:
@@ -311,7 +318,7 @@ class Trainer:
         message = (f"step {self.step + 1}: loss {metrics['total']} / gradient norm {metrics['grad_norm']} is not "
                    f"finite; the step was skipped ({self.nonfinite_in_a_row} in a row, at most {limit})")
         if self.env.is_main:
-            tqdm.write(f"[toklip-train] {message}")
+            ProgressBar.write(f"[toklip-train] {message}")
         if self.nonfinite_in_a_row >= limit:
             raise FloatingPointError(
                 f"{message}. Stopping without saving: the checkpoints in {self.out / 'checkpoints'} are the last "
@@ -322,7 +329,7 @@ class Trainer:
         run = self.config.run
         if not self.env.is_main:
             return None
-        return MetricLogger(self.out, run.tensorboard, run.wandb, self.config.to_dict(), start_step=self.step)
+        return MetricLogger(self.out, run.report_to, self.config.to_dict(), start_step=self.step, name=run.run_name)
 
     def export(self, directory: Path) -> None:
         """Gather the full student (sharded or not) and write it in our and the released layout (rank 0)."""
@@ -331,5 +338,26 @@ class Trainer:
             student = create_model(self.model.config)
             load_state_dict_strict(student, {k.removeprefix("model."): v for k, v in state.items()},
                                    "the trained student")
-            export_model(student, directory)
+            export_model(student, directory, model_card=self._model_card())
         barrier(self.env)
+
+    def _model_card(self) -> dict[str, Any]:
+        """The export's model card: the Hub repo it goes to, the training data, the latest evaluation."""
+        return {"repo_id": self.config.run.push_to_hub, "training_data": [self.config.data.train],
+                "eval_results": self.last_eval}
+
+    def push_export(self, directory: Path) -> Optional[str]:
+        """Upload the exported model (with its card) to ``run.push_to_hub``; the commit URL, or None when the upload
+        failed. A failed upload does not fail the run: the export stays on disk and the message says how to retry."""
+        repo_id, name = self.config.run.push_to_hub, self.config.run.run_name
+        message = f"toklip-train {name}: step {self.step}"
+        try:
+            url = upload_folder(directory, repo_id, commit_message=message)
+        except Exception as err:  # no network, no token, no permission: the run itself succeeded
+            print(f"[toklip-train] uploading {directory} to the Hub repo {repo_id} failed ({type(err).__name__}: "
+                  f"{str(err).splitlines()[0] if str(err) else ''}). The exported model is on disk; retry with: "
+                  f"huggingface-cli upload {repo_id} {directory} . --commit-message '{message}'",
+                  file=sys.stderr, flush=True)
+            return None
+        print(f"[toklip-train] uploaded {directory} to the Hub repo {repo_id}: {url}", flush=True)
+        return url

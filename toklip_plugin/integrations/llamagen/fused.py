@@ -15,7 +15,8 @@ One factory per size in :data:`~.gpt.GPT_SIZES` (``GPT_B_toklip``, ... : the nam
 ``llamagen.gpt_models`` entry points in pyproject.toml point at). LlamaGen's scripts call a
 factory with ModelArgs fields only, so the factory finds TokLIP itself: the built-in config
 whose grid matches ``block_size`` (256 -> ``toklip-s``, 576 -> ``toklip-l``) with its released
-weights, or ``$TOKLIP_MODEL`` / ``$TOKLIP_CHECKPOINT`` (and ``$TOKLIP_FUSION``). Python callers
+weights, or ``$TOKLIP_MODEL`` (a name, a saved directory or an ``hf-hub:ORG/NAME[@REVISION]`` repo) /
+``$TOKLIP_CHECKPOINT`` (and ``$TOKLIP_FUSION``). Python callers
 pass ``toklip=``, ``toklip_checkpoint=``, ``fusion=``.
 """
 from __future__ import annotations
@@ -28,54 +29,16 @@ import torch
 import torch.nn as nn
 
 from ...factory import RELEASED, load_toklip, resolve_config
+from ...hub import is_hub_id
+from ...models.cached_encoder import CachedTokenEncoder
+from ...models.fusion import FUSIONS
 from ...models.toklip import TokLIP
-from .cached_encoder import CachedTokenEncoder
 from .gpt import GPT_SIZES, ModelArgs, Transformer, model_args
 
 __all__ = ["TokLIPTransformer", "FUSIONS", "build_fused_gpt", "load_frozen_toklip", "GPT_models"]
 
 MODEL_ENV, CHECKPOINT_ENV, FUSION_ENV = "TOKLIP_MODEL", "TOKLIP_CHECKPOINT", "TOKLIP_FUSION"
 DEFAULT_TOKLIP = {256: "toklip-s", 576: "toklip-l"}  # block_size -> the released TokLIP with that grid
-
-
-# fusions: (code embedding [B, n, dim], TokLIP feature [B, n, width]) -> GPT input [B, n, dim]
-class ConcatFusion(nn.Module):
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.proj = nn.Linear(dim + width, dim, bias=False)
-        with torch.no_grad():  # identity on the code part, zero on the feature part
-            self.proj.weight.zero_()
-            self.proj.weight[:, :dim].copy_(torch.eye(dim))
-
-    def forward(self, code_emb: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.cat([code_emb, feature.to(code_emb.dtype)], dim=-1))
-
-
-class SumFusion(nn.Module):
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.proj = nn.Linear(width, dim, bias=False)
-        nn.init.zeros_(self.proj.weight)
-
-    def forward(self, code_emb: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        return code_emb + self.proj(feature.to(code_emb.dtype))
-
-
-class WeightedSumFusion(nn.Module):
-    """``w0 * code_emb + w1 * proj(feature)`` with learned scalars, starting at (1, 0)."""
-
-    def __init__(self, dim: int, width: int):
-        super().__init__()
-        self.proj = nn.Linear(width, dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=0.02)
-        self.weights = nn.Parameter(torch.tensor([1.0, 0.0]))
-
-    def forward(self, code_emb: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
-        w = self.weights.to(code_emb.dtype)
-        return w[0] * code_emb + w[1] * self.proj(feature.to(code_emb.dtype))
-
-
-FUSIONS = {"concat": ConcatFusion, "sum": SumFusion, "weighted_sum": WeightedSumFusion}
 
 
 class TokLIPTransformer(Transformer):
@@ -86,7 +49,7 @@ class TokLIPTransformer(Transformer):
         _check_compatible(config, toklip)
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        self.token_encoder = CachedTokenEncoder(toklip.encoder, toklip.vq.quantize.codebook())
+        self.token_encoder = CachedTokenEncoder(toklip.encoder, toklip.vq.quantize.codebook()).requires_grad_(False)
         self.fusion = FUSIONS[fusion](config.dim, self.token_encoder.width)
         self.cfg_halves = False  # set at prefill: rows are generate()'s [conditional; null] halves
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
@@ -212,7 +175,7 @@ def load_frozen_toklip(source: Union[str, os.PathLike, TokLIP, None], checkpoint
                          f"set ${MODEL_ENV} to a TokLIP name, directory or config with that grid")
     config = resolve_config(source)
     checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV)
-    is_dir = os.path.isdir(str(source))
+    is_dir = os.path.isdir(str(source)) or is_hub_id(source)  # a saved directory, local or an hf-hub: repo
     if checkpoint is None and not is_dir:
         if "checkpoint" not in config.weights:
             raise ValueError(f"TokLIP {config.name!r} has no released weights and none were given: the fused GPT "

@@ -8,29 +8,16 @@ fused GPT through the same calls its ``autoregressive/models/generate.py`` makes
 3. prefill ``model(None, cond, arange(1))``;
 4. N - 1 decode calls ``model([x; x], cond_idx=None, input_pos=tensor([p], int32))``, with
    ``input_pos`` incremented **in place** after each call;
-5. CFG mixes ``uncond + (cond - uncond) * scale``; sampling with temperature, top-k, top-p.
+5. CFG mixes ``uncond + (cond - uncond) * scale``; sampling with temperature, top-k, top-p
+   (:func:`toklip_plugin.models.sampling.sample_logits`).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["generate", "sample_logits", "guided_logits"]
+from ...models.sampling import sample_logits
 
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Last-position logits ``[B, L, V]`` -> sampled codes ``[B, 1]``."""
-    logits = logits[:, -1, :] / max(temperature, 1e-5)
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        drop = F.softmax(sorted_logits, dim=-1).cumsum(-1) > top_p
-        drop[..., 1:] = drop[..., :-1].clone()  # keep the first token over the threshold
-        drop[..., 0] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+__all__ = ["generate", "guided_logits"]
 
 
 def guided_logits(model, idx, cond_idx, input_pos, cfg_scale: float) -> torch.Tensor:
@@ -53,12 +40,13 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int, cfg_scale: float = 
                            dtype=model.tok_embeddings.weight.dtype)
     seq = torch.empty((len(cond), max_new_tokens), dtype=torch.int, device=cond.device)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    token = sample_logits(guided_logits(model, None, cond_combined, torch.arange(1, device=cond.device), cfg_scale), **sampling)
+    token = sample_logits(guided_logits(model, None, cond_combined, torch.arange(1, device=cond.device), cfg_scale)[:, -1],
+                          **sampling)
     seq[:, :1] = token
     input_pos = torch.tensor([1], device=cond.device, dtype=torch.int)
     for i in range(1, max_new_tokens):
         x = torch.cat([token, token]) if cfg else token
-        token = sample_logits(guided_logits(model, x, None, input_pos, cfg_scale), **sampling)
+        token = sample_logits(guided_logits(model, x, None, input_pos, cfg_scale)[:, -1], **sampling)
         input_pos += 1  # in place, as upstream: the model must not keep a reference to it
         seq[:, i:i + 1] = token
     return seq

@@ -15,6 +15,10 @@ Modules (each imports LLaVA / transformers only when used):
 - ``tower``: ``TokLIPVisionTower`` and ``build_toklip_tower`` (entry point ``llava.vision_towers``);
 - ``qwen2``: ``LlavaQwen2ForCausalLM`` (entry point ``llava.language_models``) and the
   ``qwen_2`` template from ``chatml``;
+- ``unified``: ``LlavaQwen2UnifiedForCausalLM`` (``model_type`` ``llava_qwen2_unified``, entry point
+  ``qwen2_unified``): the Qwen2 LLaVA that also writes images as the tower's VQ codes, reading
+  TokLIP's causal features of its own codes; ``image_generation``: ``generate_image(model,
+  tokenizer, captions, cfg_scale=...)`` -> codes and decoded images (CFG, batched prompts, KV caches);
 - ``loading``: ``load_llava_model(path, device="cpu", dtype=None)`` returns LLaVA's
   ``(tokenizer, model, image_processor, context_len)`` for a trained checkpoint with a TokLIP
   tower and a Llama or Qwen2 LLM, with a dtype that works on the device (float32 on CPU,

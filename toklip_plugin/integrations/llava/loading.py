@@ -59,5 +59,6 @@ def load_llava_model(
 
 
 def conversation_mode(model) -> str:
-    """The ``conv_templates`` name to prompt ``model`` with: ``qwen_2`` for Qwen2, ``vicuna_v1`` otherwise."""
-    return "qwen_2" if model.config.model_type == "llava_qwen2" else "vicuna_v1"
+    """The ``conv_templates`` name to prompt ``model`` with: ``qwen_2`` for Qwen2 (and the unified Qwen2),
+    ``vicuna_v1`` otherwise."""
+    return "qwen_2" if model.config.model_type.startswith("llava_qwen2") else "vicuna_v1"

@@ -108,11 +108,12 @@ class LlavaQwen2Model(LlavaMetaModel, Qwen2Model):
 
 class LlavaQwen2ForCausalLM(LlavaCausalLMMixin, Qwen2ForCausalLM):
     config_class = LlavaQwen2Config
+    llava_model_class = LlavaQwen2Model  # the inner model (LLM body + tower + projector); subclasses may extend it
 
     def __init__(self, config: Qwen2Config):
         # Qwen2ForCausalLM.__init__ would build a plain Qwen2Model first; build the LLaVA one only
         super(Qwen2ForCausalLM, self).__init__(config)
-        self.model = LlavaQwen2Model(config)
+        self.model = self.llava_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()

@@ -12,6 +12,9 @@ is ``toklip`` or starts with ``toklip-`` / ``toklip:``:
 ``toklip-NAME:/path/file.pt``   a named config with the weights in that file (released layout,
                                 or one of our ``.safetensors``)
 ``toklip:/path/dir``            a directory written by ``TokLIP.save_pretrained``
+``toklip:hf-hub:ORG/NAME``      a Hugging Face Hub repo holding one (``@REVISION`` pins a branch,
+                                tag or commit), through the Hugging Face cache
+``toklip-NAME:hf-hub:ORG/N/F``  a named config with the weights in file F of a Hub repo
 ``toklip-tiny``                 a config without released weights: fixed-seed random weights
                                 (tests, demos), with a warning
 ==============================  ===========================================================
@@ -32,6 +35,7 @@ Features (``[B, N, mm_hidden_size]``, in the dtype of the input images):
 What LLaVA touches and how this tower honours it: a delay-loaded tower (``from_pretrained``
 on the meta device) creates no parameters; ``load_model`` builds, loads and freezes it
 (``unfreeze_mm_vision_tower`` keeps the token encoder trainable; the VQ stays frozen);
+``mm_vision_keep_decoder`` (set by the unified model's config) keeps the VQ decoder;
 ``image_processor`` is a ``CLIPImageProcessor`` at TokLIP's resolution with mean/std 0.5
 (pixels in [-1, 1], LlamaGen VQ's input), so ``image_aspect_ratio=pad`` and ``anyres`` work;
 under DeepSpeed ZeRO-3 the forward gathers the tower's partitioned parameters, because
@@ -63,6 +67,7 @@ import torch.nn.functional as F
 from ... import checkpoints as ckpt
 from ...config import TokLIPConfig, VQConfig, list_models
 from ...factory import create_model, load_toklip, resolve_config
+from ...hub import is_hub_id
 from ...models.toklip import TokLIP
 from ...models.vq import VQModel
 from ...transforms import IMAGE_MEAN, IMAGE_STD
@@ -82,12 +87,12 @@ def parse_tower_name(name: str) -> tuple[TokLIPConfig, Optional[str]]:
     base, sep, path = name.partition(":")
     known = ", ".join(list_models())
     usage = (f"known names: {known}; or NAME:/path/to/weights.pt (.safetensors), "
-             f"or {PREFIX}:/path/to/saved_toklip_dir")
+             f"or {PREFIX}:/path/to/saved_toklip_dir, or {PREFIX}:hf-hub:ORG/NAME[@REVISION]")
     if base == PREFIX and sep:
         if Path(path).suffix in (".pt", ".pth", ".bin", ".safetensors"):
             raise ValueError(f"{name!r}: a weight file does not say which config it fits; "
                              f"name the config, e.g. toklip-l:{path}")
-        return resolve_config(path), path if Path(path).is_dir() else None
+        return resolve_config(path), path if Path(path).is_dir() or is_hub_id(path) else None
     if base not in list_models():
         raise ValueError(f"unknown TokLIP vision tower {name!r}; {usage}")
     config = resolve_config(base)
@@ -117,11 +122,13 @@ def _load_weights(name: str, config: TokLIPConfig, weights: Optional[str]) -> To
     return load_toklip(config, checkpoint=path)
 
 
-def _drop_unused_parts(model: TokLIP) -> TokLIP:
-    """A tower only tokenizes and encodes: the text tower and the VQ decoder are dead weight."""
+def _drop_unused_parts(model: TokLIP, keep_decoder: bool = False) -> TokLIP:
+    """A tower tokenizes and encodes: the text tower is dead weight, and so is the VQ decoder unless
+    the model also writes images (the unified model decodes its codes through the tower's VQ)."""
     model.text = None
-    model.vq.decoder = None
-    model.vq.post_quant_conv = None
+    if not keep_decoder:
+        model.vq.decoder = None
+        model.vq.post_quant_conv = None
     return model
 
 
@@ -180,6 +187,7 @@ class TokLIPVisionTower(_TowerSurface):
             raise ValueError(f"mm_vision_select_feature {self.select_feature!r} is not supported by TokLIP "
                              f"(no class token); choose one of {', '.join(SELECT_FEATURES)}")
         self.unfreeze = bool(getattr(args, "unfreeze_mm_vision_tower", False))
+        self.keep_decoder = bool(getattr(args, "mm_vision_keep_decoder", False))
         self.image_processor = self._make_image_processor()
         self.is_loaded = False
         if not delay_load or self.unfreeze:
@@ -192,7 +200,8 @@ class TokLIPVisionTower(_TowerSurface):
         """Build and load the TokLIP model, then freeze it (LLaVA never freezes the tower itself)."""
         if self.is_loaded:
             return
-        model = _drop_unused_parts(_load_weights(self.vision_tower_name, self.toklip_config, self._weights))
+        model = _load_weights(self.vision_tower_name, self.toklip_config, self._weights)
+        model = _drop_unused_parts(model, keep_decoder=self.keep_decoder)
         model.requires_grad_(False)
         if self.unfreeze:
             model.encoder.requires_grad_(True)

@@ -1,7 +1,8 @@
 """TokLIP's causal token encoder, run one code at a time with its own KV cache.
 
 Because the encoder is causal, the semantic feature of code j depends on codes 0..j only.
-During sampling the fused GPT therefore needs one encoder step per new code: embed it,
+During sampling a model that reads TokLIP features of its own codes (LlamaGen's fused GPT,
+the unified LLaVA) therefore needs one encoder step per new code: embed it,
 attend to the cached keys/values of 0..j, and write its own. This module drives the weights
 of a :class:`~toklip_plugin.models.token_encoder.TokenEncoder` (its ``embed_codes``, with
 ``norm_pre`` when it has one, then timm ``Block``s: ``norm1``, ``attn.qkv``, ``attn.proj``,
@@ -19,13 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
 
-from ...models.token_encoder import TokenEncoder
+from .token_encoder import TokenEncoder
 
 __all__ = ["CachedTokenEncoder"]
 
 
 class CachedTokenEncoder(nn.Module):
-    """A frozen TokLIP encoder plus the code table it reads; full pass or cached single steps."""
+    """A TokLIP encoder plus the code table it reads; full pass or cached single steps.
+
+    It drives the encoder's weights and does not change them: freezing them is the owner's
+    decision (the fused GPT freezes its copy; the unified LLaVA shares its vision tower's).
+    """
 
     def __init__(self, encoder: TokenEncoder, codebook: torch.Tensor):
         super().__init__()
@@ -33,7 +38,6 @@ class CachedTokenEncoder(nn.Module):
             raise ValueError("incremental decoding needs a causal TokLIP encoder (encoder.causal = true)")
         self.encoder = encoder
         self.register_buffer("codebook", codebook.detach().clone())  # l2-normalised [K, C]
-        self.requires_grad_(False)
         # allocated by setup_cache; buffers so that .to() moves them, not persistent (no state-dict keys)
         self.register_buffer("k_cache", None, persistent=False)
         self.register_buffer("v_cache", None, persistent=False)

@@ -40,6 +40,11 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                     ["tests/integration/test_llava_tower.py", "tests/integration/test_llava_vq16_tower.py"]),
     "lmms_eval": (["toklip_plugin/integrations/lmms_eval/model.py"],
                   ["tests/integration/test_lmms_eval.py", "-k", "not command_runs"]),
+    # the multi-process cache builds (slow) are left out
+    "train_data": (["toklip_plugin/train/data.py", "toklip_plugin/train/cache_file.py"],
+                   ["tests/unit/test_train_data.py", "tests/unit/test_train_cache_file.py",
+                    "tests/integration/test_train_code_cache.py", "tests/unit/test_train_data_mutants.py",
+                    "-m", "not slow"]),
 }
 # groups that test only some of their files' mutants (mutmut's name patterns); the others stay "not checked"
 ONLY: dict[str, list[str]] = {"losses_ranks": ["toklip_plugin.train.losses.x\u01c1TokLIPLoss\u01c1__init____mutmut_*"]}

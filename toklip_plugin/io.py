@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 __all__ = ["IMAGE_SUFFIXES", "WDS_IMAGE_KEYS", "SKIPPABLE_ERRORS", "MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO",
            "ImageRejected", "check_image_size", "check_aspect_ratio", "open_image", "is_image_file", "expand_shards",
@@ -71,12 +71,27 @@ def is_image_file(path: Path) -> bool:
 def open_image(source: Union[str, Path, bytes], transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
     """Decode an image file or encoded bytes fully and apply ``transform``; raises one of SKIPPABLE_ERRORS.
 
-    The size is checked (:func:`check_image_size`) from the header, before any pixel is decoded.
+    The size is checked (:func:`check_image_size`) from the header, before any pixel is decoded. A truncated or
+    corrupt file raises even when a library has set PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES``
+    (importing lmms-eval does): that switch would turn a broken sample into grey pixels trained on as an image.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         check_image_size(*image.size)
-        image.load()
+        with _strict_decoding():
+            image.load()
         return transform(image)
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """PIL's ``LOAD_TRUNCATED_IMAGES`` off inside the block, restored after (a process-wide switch: a thread
+    decoding at the same moment sees it off too)."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def expand_shards(spec: str) -> list[str]:

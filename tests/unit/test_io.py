@@ -46,6 +46,16 @@ def test_png_with_a_broken_chunk_is_skipped_as_a_syntax_error(tmp_path):
     assert item.reason.startswith("SyntaxError")
 
 
+def test_a_broken_png_is_skipped_even_when_a_library_allowed_truncated_images(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    # importing lmms-eval (lmms_eval.api.task) sets ImageFile.LOAD_TRUNCATED_IMAGES = True for the whole process
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    item = read_with_eval_loader(tmp_path, "broken.png", broken_chunk_png())
+    assert isinstance(item, Skipped) and item.reason.startswith("SyntaxError")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the library's setting is left as it was
+
+
 @pytest.mark.parametrize(("width", "height", "kept"), [
     (MAX_ASPECT_RATIO, 1, True), (1, MAX_ASPECT_RATIO, True), (4 * MAX_ASPECT_RATIO, 4, True),
     (MAX_ASPECT_RATIO + 1, 1, False), (1, 60000, False), (60000, 2, False),

@@ -162,7 +162,12 @@ def _shard_samples(urls: Iterable[str]) -> Iterator[Any]:
         try:
             yield from tariterators.tarfile_samples([{"url": url}])
         except SHARD_ERRORS as err:
-            yield DamagedShard(url, f"{type(err).__name__}: {str(err.args[0]) if err.args else ''}"[:300])
+            yield DamagedShard(url, f"{type(err).__name__}: {_reason(err)}"[:300])
+
+
+def _reason(err: BaseException) -> str:
+    """An error's own message: an OSError's text (its ``args[0]`` is the errno), else its first argument."""
+    return getattr(err, "strerror", None) or (str(err.args[0]) if err.args else "")
 
 
 class SampleStream(IterableDataset):

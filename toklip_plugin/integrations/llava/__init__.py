@@ -19,6 +19,8 @@ Modules (each imports LLaVA / transformers only when used):
   ``qwen2_unified``): the Qwen2 LLaVA that also writes images as the tower's VQ codes, reading
   TokLIP's causal features of its own codes; ``image_generation``: ``generate_image(model,
   tokenizer, captions, cfg_scale=...)`` -> codes and decoded images (CFG, batched prompts, KV caches);
+  ``unified_template``: the ``qwen_2_unified`` data template (images to draw in assistant turns, caption
+  dropout); ``unified_base``: the converted Qwen2 base train.py starts the unified model from;
 - ``loading``: ``load_llava_model(path, device="cpu", dtype=None)`` returns LLaVA's
   ``(tokenizer, model, image_processor, context_len)`` for a trained checkpoint with a TokLIP
   tower and a Llama or Qwen2 LLM, with a dtype that works on the device (float32 on CPU,

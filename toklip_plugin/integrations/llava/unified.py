@@ -28,10 +28,17 @@ hold ``IMAGE_TOKEN_INDEX`` (-200) for an image to understand and :data:`IMAGE_GE
 (-201) where a target image goes; the placeholder expands to ``BOI, c_0..c_{N-1}, EOI`` and its
 codes are learned when the placeholder's label is not ``IGNORE_INDEX``. The loss is text
 cross-entropy + ``gen_weight`` x image-code cross-entropy (both also on the output, for logging).
+
+**Training with LLaVA's train.py**: ``--model_name_or_path`` is a converted base (:mod:`.unified_base`,
+whose config says ``llava_qwen2_unified`` so that LLaVA picks this class) or a unified checkpoint,
+``--version qwen_2_unified`` (:mod:`.unified_template`: generation samples, caption dropout); train.py's
+last set-up call, ``initialize_vision_tokenizer``, also builds the generation modules and applies the
+stage-1 freezing (:func:`prepare_generation_training`). Recipes: ``configs/llava/unified_*.sh``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
@@ -46,11 +53,11 @@ from ...models.cached_encoder import CachedTokenEncoder
 from ...models.fusion import FUSIONS
 from ...models.toklip import TokLIP
 from .qwen2 import LlavaQwen2Config, LlavaQwen2ForCausalLM, LlavaQwen2Model
+from .unified_template import IMAGE_GEN_TOKEN_INDEX, TEMPLATE_NAME, UnifiedConversation, register_unified_template
 
 __all__ = ["LlavaQwen2UnifiedConfig", "LlavaQwen2UnifiedForCausalLM", "UnifiedCausalLMOutput", "UnifiedInputs",
            "IMAGE_GEN_TOKEN_INDEX", "IMAGE_START_TOKEN", "IMAGE_END_TOKEN"]
 
-IMAGE_GEN_TOKEN_INDEX = -201  # where a generated (target) image goes; LLaVA's IMAGE_TOKEN_INDEX is -200
 IMAGE_START_TOKEN, IMAGE_END_TOKEN = "<|vision_start|>", "<|vision_end|>"
 
 
@@ -123,6 +130,12 @@ class LlavaQwen2UnifiedForCausalLM(LlavaQwen2ForCausalLM):
             self._build_generation_modules()
 
     # set-up -------------------------------------------------------------------------------
+    def initialize_vision_tokenizer(self, model_args, tokenizer) -> None:
+        """LLaVA's, then the generation set-up: train.py calls this last, after the tower, the projector and
+        their freezing, and before it builds the optimizer (see :func:`prepare_generation_training`)."""
+        super().initialize_vision_tokenizer(model_args, tokenizer)
+        prepare_generation_training(self, model_args, tokenizer)
+
     def initialize_generation_modules(self, tokenizer) -> None:
         """Add BOI/EOI to ``tokenizer`` (and the embeddings) and build the image head, code embedding and
         fusion sized for the loaded TokLIP tower. Call after ``initialize_vision_modules``."""
@@ -360,6 +373,44 @@ class LlavaQwen2UnifiedForCausalLM(LlavaQwen2ForCausalLM):
         return UnifiedInputs(embeds, mask, positions, text, codes)
 
 
+def prepare_generation_training(model: LlavaQwen2UnifiedForCausalLM, model_args, tokenizer) -> None:
+    """What LLaVA's train.py cannot say for the unified model, from its own arguments:
+
+    - builds the image head, code embedding and fusion (and BOI/EOI) on a fresh base, or checks that the
+      tokenizer of a unified checkpoint still has BOI/EOI at the config's ids;
+    - stage 1 (``--freeze_backbone True``): the whole language model is frozen, the text head included, so
+      the projector and the generation modules train (they are created after LLaVA's freezing);
+    - ``--tune_mm_mlp_adapter`` is refused: LLaVA would save ``mm_projector.bin`` alone and drop the image head;
+    - the data template must be ``qwen_2_unified``; it gets the config's caption dropout (``gen_prompt_dropout``).
+    """
+    from llava import conversation as conversation_lib
+
+    if getattr(model_args, "tune_mm_mlp_adapter", False):
+        raise ValueError("the unified model cannot train with --tune_mm_mlp_adapter: LLaVA then saves mm_projector.bin "
+                         "alone and the image head would be lost; for stage 1 pass --freeze_backbone True instead "
+                         "(projector and generation modules train, the whole model is saved)")
+    template = conversation_lib.default_conversation
+    if not isinstance(template, UnifiedConversation):
+        raise ValueError(f"the unified model trains with --version {TEMPLATE_NAME} (generation samples and caption "
+                         f"dropout), not {getattr(template, 'version', template)!r}")
+    if model.config.has_generation:
+        _check_span_tokens(model.config, tokenizer)
+    else:
+        model.initialize_generation_modules(tokenizer)
+    if getattr(model_args, "freeze_backbone", False):
+        model.lm_head.requires_grad_(False)
+    conversation_lib.default_conversation = dataclasses.replace(template,
+                                                                caption_dropout=model.config.gen_prompt_dropout)
+
+
+def _check_span_tokens(config: LlavaQwen2UnifiedConfig, tokenizer) -> None:
+    ids = tokenizer.convert_tokens_to_ids([IMAGE_START_TOKEN, IMAGE_END_TOKEN])
+    if ids != [config.image_start_token_id, config.image_end_token_id]:
+        raise ValueError(f"the tokenizer maps {IMAGE_START_TOKEN}/{IMAGE_END_TOKEN} to {ids} but the checkpoint was "
+                         f"trained with {[config.image_start_token_id, config.image_end_token_id]}: use the tokenizer "
+                         "saved with the checkpoint")
+
+
 def _ignored(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.full((n,), IGNORE_INDEX, dtype=torch.long, device=like.device)
 
@@ -388,3 +439,4 @@ def _next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 AutoConfig.register(LlavaQwen2UnifiedConfig.model_type, LlavaQwen2UnifiedConfig, exist_ok=True)
 AutoModelForCausalLM.register(LlavaQwen2UnifiedConfig, LlavaQwen2UnifiedForCausalLM, exist_ok=True)
+register_unified_template()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.llava_fixtures import QWEN_SYSTEM, build_tiny_llm, require_patched_llava
+from helpers.llava_fixtures import QWEN_SYSTEM
 
 REPLIES = ["A red square.", "Yes, a black cat."]
 CONVERSATION = [
@@ -17,19 +17,6 @@ EXPECTED_PROMPT = (
     + "<|im_start|>user\n<image>\nWhat is in the image?<|im_end|>\n<|im_start|>assistant\n" + REPLIES[0] + "<|im_end|>\n"
     + "<|im_start|>user\nIs there an animal?<|im_end|>\n<|im_start|>assistant\n" + REPLIES[1] + "<|im_end|>\n"
 )
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    require_patched_llava()
-    return build_tiny_llm("qwen2", tmp_path_factory.mktemp("llm") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(qwen2_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen2_dir, use_fast=False)  # as LLaVA's train.py loads it
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.llava_fixtures import build_tiny_llm, require_patched_llava
 
 IGNORE = -100
 CAPTIONS = ["a red square on a white background", "a blue circle"]
@@ -18,12 +17,6 @@ def tower_args(**changes) -> SimpleNamespace:
     return SimpleNamespace(**{"vision_tower": "toklip-tiny", "mm_vision_select_layer": -1,
                               "mm_vision_select_feature": "patch", "pretrain_mm_mlp_adapter": None,
                               "mm_patch_merge_type": "flat", "mm_projector_type": "mlp2x_gelu", **changes})
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    require_patched_llava()
-    return build_tiny_llm("qwen2", tmp_path_factory.mktemp("llm") / "tiny-qwen2")
 
 
 def build_unified(qwen2_dir, seed: int = 0, gen_weight: float = 1.0):

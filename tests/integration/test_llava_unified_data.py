@@ -14,25 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers.llava_fixtures import build_tiny_llm, require_patched_llava
 
 IGNORE, UNDERSTAND, DRAW = -100, -200, -201
 CAPTION = "a red square on a white background"
 T2I = [{"from": "human", "value": CAPTION}, {"from": "gpt", "value": "<image>"}]
 I2T = [{"from": "human", "value": "<image>\nDescribe the picture briefly."}, {"from": "gpt", "value": CAPTION}]
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    require_patched_llava()
-    return build_tiny_llm("qwen2", tmp_path_factory.mktemp("llm") / "tiny-qwen2")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(qwen2_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(qwen2_dir, use_fast=False)
 
 
 def template(dropout: float = 0.0):

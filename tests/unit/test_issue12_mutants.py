@@ -450,50 +450,42 @@ def test_a_file_id_given_as_a_model_source_is_refused_naming_the_repo_to_pass():
         ckpt.download_pretrained("hf-hub:org/name/w.pt")
 
 
-@pytest.fixture
-def tqdm_clock(monkeypatch):
-    """tqdm's own clock, advanced by hand: ``clock[0] += seconds``."""
-    now = [1000.0]
-    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
-    return now
-
-
-def test_an_interval_of_zero_writes_a_line_at_every_update_however_close_together(tqdm_clock):
+def test_an_interval_of_zero_writes_a_line_at_every_update_however_close_together(clock):
     log = io.StringIO()
     with progress.ProgressBar(total=20, file=log, interval=0) as bar:
         for _ in range(20):
-            tqdm_clock[0] += 0.01  # far below tqdm's own 0.1 s refresh interval
+            clock[0] += 0.01  # far below tqdm's own 0.1 s refresh interval
             bar.update(1)
     counts = [re.search(r"(\d+)/20", line).group(1) for line in log.getvalue().splitlines()]
     assert counts == [str(k) for k in range(1, 21)] + ["20"]  # one per update, then the last line
 
 
-def test_an_interval_below_a_second_still_bounds_lines_set_by_postfix_refreshes(tqdm_clock):
+def test_an_interval_below_a_second_still_bounds_lines_set_by_postfix_refreshes(clock):
     log = io.StringIO()
     bar = progress.ProgressBar(total=10, file=log, interval=0.5)
     for step in range(1, 11):  # 1 s in steps of 0.1 s, each refreshing through set_postfix
-        tqdm_clock[0] += 0.1
+        clock[0] += 0.1
         bar.n = step
         bar.set_postfix(step=step)
     bar.close()
     assert len(log.getvalue().splitlines()) == 2 + 1  # at 0.5 s and 1.0 s, then the last line
 
 
-def test_positional_arguments_after_the_iterable_reach_tqdm(tqdm_clock):
+def test_positional_arguments_after_the_iterable_reach_tqdm(clock):
     log = io.StringIO()
     for _ in progress.ProgressBar(range(3), "captions", file=log, interval=30):
-        tqdm_clock[0] += 1.0
+        clock[0] += 1.0
     assert log.getvalue().startswith("captions: 100% 3/3")
 
 
 @pytest.mark.parametrize("position", [0, 1])
 @pytest.mark.parametrize("leave", [False, True])
-def test_on_a_terminal_a_bar_at_any_position_is_drawn_and_closed_as_tqdm_does(tqdm_clock, position, leave):
+def test_on_a_terminal_a_bar_at_any_position_is_drawn_and_closed_as_tqdm_does(clock, position, leave):
     def draw(cls) -> str:
         screen = _Terminal()
         with cls(total=5, desc="encode", file=screen, ncols=60, leave=leave, position=position) as bar:
             for _ in range(5):
-                tqdm_clock[0] += 0.25
+                clock[0] += 0.25
                 bar.update()
         return screen.getvalue()
 
@@ -510,14 +502,14 @@ def test_a_bar_refused_for_its_interval_leaves_nothing_for_the_garbage_collector
     assert reported == []
 
 
-def test_a_run_that_slows_down_still_gets_its_line_once_the_interval_has_passed(tqdm_clock):
+def test_a_run_that_slows_down_still_gets_its_line_once_the_interval_has_passed(clock):
     log = io.StringIO()
     bar = progress.ProgressBar(total=100, desc="train", file=log, interval=30)
     for _ in range(60):  # 2 updates a second: the first line at 30 s
-        tqdm_clock[0] += 0.5
+        clock[0] += 0.5
         bar.update(1)
     for _ in range(3):  # then one update every 10 s: the next line at 60 s, not 60 updates later
-        tqdm_clock[0] += 10.0
+        clock[0] += 10.0
         bar.update(1)
     assert [re.search(r"(\d+)/100", line).group(1) for line in log.getvalue().splitlines()] == ["60", "63"]
     bar.close()

@@ -14,14 +14,6 @@ class Terminal(io.StringIO):
         return True
 
 
-@pytest.fixture
-def clock(monkeypatch):
-    """tqdm's own clock (the ``time`` its bars read), advanced by hand: ``clock[0] += seconds``."""
-    now = [1000.0]
-    monkeypatch.setattr("tqdm.std.time", lambda: now[0])
-    return now
-
-
 def test_a_log_gets_a_line_per_interval_and_a_last_line_not_one_per_update(clock):
     log = io.StringIO()
     with ProgressBar(total=1000, desc="train", file=log, interval=30) as bar:

@@ -71,13 +71,17 @@ def reencoding(model: TokLIPTransformer) -> TokLIPTransformer:
     return model
 
 
-def toklip_for(encoder: EncoderConfig, tokens: int) -> tp.TokLIP:
-    """A random TokLIP with this encoder and grid; small VQ convs and text tower (unused here)."""
+def toklip_config_for(encoder: EncoderConfig, tokens: int) -> tp.TokLIPConfig:
+    """A TokLIP config with this encoder and grid, a VQ-16 codebook; small VQ convs and text tower (unused here)."""
     side = int(tokens**0.5)
     tiny = tp.resolve_config("toklip-tiny")
-    config = tiny.replace(name=f"bench-{encoder.width}", image_size=16 * side, embed_dim=encoder.width,
-                          encoder=encoder, vq=VQConfig(codebook_size=VOCAB, ch=32, z_channels=64, num_res_blocks=1))
-    return tp.create_model(config, seed=0).eval()
+    return tiny.replace(name=f"bench-{encoder.width}", image_size=16 * side, embed_dim=encoder.width,
+                        encoder=encoder, vq=VQConfig(codebook_size=VOCAB, ch=32, z_channels=64, num_res_blocks=1))
+
+
+def toklip_for(encoder: EncoderConfig, tokens: int) -> tp.TokLIP:
+    """A random TokLIP of :func:`toklip_config_for`."""
+    return tp.create_model(toklip_config_for(encoder, tokens), seed=0).eval()
 
 
 @torch.no_grad()

@@ -10,7 +10,9 @@ CLIP tower of the same width and token count), a training step (with and without
 checkpointing, fp32 and bf16), LlamaGen sampling (fused GPT with the KV-cached encoder vs
 plain sampling vs re-encoding the prefix), and model FLOPs per image against the measured
 matmul rate, and the seconds a resumed training run takes to its first step (data cursors vs
-replaying the samples before the checkpoint). The table is printed last; ``--json`` also writes the rows.
+replaying the samples before the checkpoint), and the unified LLaVA-Qwen2's image codes/s (TokLIP
+feedback with the KV-cached encoder vs re-encoding the prefix vs no feedback; ``unified_generate.py``).
+The table is printed last; ``--json`` also writes the rows.
 """
 from __future__ import annotations
 
@@ -21,28 +23,34 @@ import platform
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
-from benchmarks import encode, flops, generate, llava_tower, resume, train_step
+from benchmarks import encode, flops, generate, llava_tower, resume, train_step, unified_generate
 from benchmarks.common import print_table
 
 # what each workload runs: encode / llava / flops (model, batch), train (model, batch or None for
-# train_step's default), generate (setup, tokens), resume (step resumed at, batch)
+# train_step's default), generate (setup, tokens), resume (step resumed at, batch), unified (shape, codes, rounds:
+# the Qwen2-0.5B-sized round takes minutes on a CPU, so it runs once whatever --repeats says)
 PLANS = {
     "full": {"encode": [("toklip-tiny", 8), ("toklip-b16", 8)], "llava": [("toklip-tiny", 4), ("toklip-b16", 4)],
              "train": [("toklip-tiny", None), ("toklip-b16", None)],
              "generate": [("tiny", 256), ("gpt-b", 256), ("gpt-b", 576)],
-             "flops": [("toklip-tiny", 8), ("toklip-b16", 8)], "resume": [(100, 8), (10_000, 8)]},
+             "flops": [("toklip-tiny", 8), ("toklip-b16", 8)], "resume": [(100, 8), (10_000, 8)],
+             "unified": [("tiny", 64, 3), ("qwen2-0.5b", 64, 1)]},
     "quick": {"encode": [("toklip-tiny", 8)], "llava": [("toklip-tiny", 4)], "train": [("toklip-tiny", None)],
-              "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)], "resume": [(100, 8), (1_000, 8)]},
+              "generate": [("tiny", 256)], "flops": [("toklip-tiny", 8)], "resume": [(100, 8), (1_000, 8)],
+              "unified": [("tiny", 64, 3)]},
     "smoke": {"encode": [("toklip-tiny", 2)], "llava": [("toklip-tiny", 2)], "train": [("toklip-tiny", 2)],
-              "generate": [("tiny", 64)], "flops": [("toklip-tiny", 2)], "resume": [(3, 2)]},
+              "generate": [("tiny", 64)], "flops": [("toklip-tiny", 2)], "resume": [(3, 2)],
+              "unified": [("tiny", 16, 1)]},
     "gpu": {"encode": [("toklip-l", 64)], "llava": [], "train": [("toklip-l", None)],
-            "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)], "resume": []},
+            "generate": [("gpt-b-so400m", 576), ("gpt-b", 576)], "flops": [("toklip-l", 64)], "resume": [],
+            "unified": []},  # needs a patched LLaVA, which gpu.sh does not install (so does "llava")
 }
 
 
@@ -101,17 +109,34 @@ def train_rows(name: str, batch: Optional[int], steps: int, device: str) -> list
     ]
 
 
-def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
+@contextmanager
+def one_thread_on_cpu(device: str) -> Iterator[None]:
+    """Sampling benchmarks run one torch thread on a CPU: per-token matmuls gain little from threads (generate.py)."""
     threads = torch.get_num_threads()
     if device == "cpu":
-        torch.set_num_threads(1)  # per-token matmuls gain little from threads; see generate.py
+        torch.set_num_threads(1)
     try:
-        r = generate.bench(generate.SETUPS[setup], tokens, 1, steps, repeats, device, dtype)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
+    with one_thread_on_cpu(device):
+        r = generate.bench(generate.SETUPS[setup], tokens, 1, steps, repeats, device, dtype)
     label = f"sample {generate.SETUPS[setup].name} {tokens} tok"
     return [Row(label, "fused + KV-cached encoder", "plain LlamaGen", r["cached"], r["plain"], "codes/s"),
             Row(label, "fused + KV-cached encoder", "fused, prefix re-encode", r["cached"], r["reencode"], "codes/s")]
+
+
+def unified_rows(shape: str, codes: int, rounds: int, device: str, dtype: torch.dtype) -> list[Row]:
+    with one_thread_on_cpu(device):
+        r = unified_generate.bench(unified_generate.SHAPES[shape], codes, rounds, device, dtype)
+    label = f"unified {unified_generate.SHAPES[shape].name} {codes} codes"
+    return [Row(label, "TokLIP feedback, KV-cached encoder", "re-encode the prefix", r["cached"], r["reencode"],
+                "codes/s"),
+            Row(label, "TokLIP feedback, KV-cached encoder", "no TokLIP feedback", r["cached"], r["no_feedback"],
+                "codes/s")]
 
 
 def flops_rows(name: str, batch: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
@@ -153,6 +178,7 @@ def main() -> None:
         "generate": lambda item: generate_rows(*item, decode_steps, repeats, args.device, dtype),
         "flops": lambda item: flops_rows(*item, repeats, args.device, dtype),
         "resume": lambda item: resume_rows(*item),
+        "unified": lambda item: unified_rows(*item, args.device, dtype),
     }
     rows: list[Row] = []
     for workload, items in plan.items():

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "train step toklip-tiny b2"
 SAMPLE = "sample tiny GPT + tiny encoder 64 tok"
+UNIFIED = "unified tiny Qwen2 + toklip-tiny encoder 16 codes"
 # (workload, ours, baseline) of the smoke plan, in the order run.py runs the workloads
 EXPECTED_ROWS = [
     ("encode toklip-tiny b2", "fused causal", "explicit -inf mask"),
@@ -36,6 +37,8 @@ EXPECTED_ROWS = [
     ("GFLOPs/img toklip-tiny", "token encoder", "frozen VQ encoder"),
     ("encode toklip-tiny b2", "achieved GFLOP/s", "measured matmul GFLOP/s"),
     ("resume toklip-tiny at step 3 b2", "data cursors", "replay past samples"),
+    (UNIFIED, "TokLIP feedback, KV-cached encoder", "re-encode the prefix"),
+    (UNIFIED, "TokLIP feedback, KV-cached encoder", "no TokLIP feedback"),
 ]
 
 

@@ -4,8 +4,8 @@ synthetic images and LLaVA-format conversation JSON, and a patched LLaVA.
 - Llama: a sentencepiece model trained here on a small corpus, saved as LLaVA expects
   (slow ``LlamaTokenizer``, ``legacy: true``; with ``legacy: false`` LLaVA's ``preprocess_v1``
   miscounts tokens and masks every label).
-- Qwen2: a byte-level BPE trained here with Qwen2's pre-tokenizer regex, with Qwen2.5's special
-  tokens (``<|endoftext|>`` pad, ``<|im_start|>``, ``<|im_end|>`` eos, no unk, no bos).
+- Qwen2: the package's offline builder (:mod:`toklip_plugin.demo.tiny_llm`: a byte-level BPE trained
+  here on :func:`corpus_lines`, Qwen2.5's special tokens) at :data:`LLM_SIZE`.
 - LLaVA: the installed ``llava`` package, patched in place with ``toklip-patch llava`` (idempotent,
   under a lock so that parallel sessions do not race).
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from toklip_plugin.demo.tiny_llm import build_tiny_qwen2
+
 CAPTIONS = [
     "a red square on a white background",
     "a blue circle in the middle of a green field",
@@ -29,7 +31,6 @@ CAPTIONS = [
 QUESTIONS = ["What is in the image?", "Describe the picture briefly.", "What colour is it?", "Is there an animal?"]
 ANSWERS = ["It shows a red square.", "A blue circle on green.", "The colour is yellow.", "Yes, a black cat."]
 SIZES = [(96, 64), (64, 112), (128, 128), (80, 80)]  # (width, height); non-square ones exercise 'pad'
-QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 LLM_SIZE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, max_position_embeddings=512)
@@ -60,45 +61,21 @@ def build_llama_tokenizer(out_dir: Path):
     return LlamaTokenizer(vocab_file=str(out_dir / "tokenizer.model"), legacy=True, add_bos_token=True)
 
 
-def build_qwen2_tokenizer(out_dir: Path):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus_lines() * 20, trainer)
-    return Qwen2TokenizerFast(tokenizer_object=tok, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                              pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
-
-
 # tiny LLMs ---------------------------------------------------------------------------------
 def build_tiny_llm(kind: str, out_dir: Path) -> Path:
     """A random LLM of family ``kind`` ('llama' or 'qwen2') with its tokenizer, saved in ``out_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    if kind == "llama":
-        tokenizer = build_llama_tokenizer(out_dir)
-        config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **LLM_SIZE)
-        model_cls = LlamaForCausalLM
-    elif kind == "qwen2":
-        tokenizer = build_qwen2_tokenizer(out_dir)
-        ids = tokenizer.convert_tokens_to_ids(QWEN_SPECIAL)
-        config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=ids[0], eos_token_id=ids[2],
-                             tie_word_embeddings=False, **LLM_SIZE)
-        model_cls = Qwen2ForCausalLM
-    else:
+    if kind == "qwen2":
+        return build_tiny_qwen2(out_dir, corpus_lines() * 20, **LLM_SIZE)
+    if kind != "llama":
         raise ValueError(kind)
+    tokenizer = build_llama_tokenizer(out_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **LLM_SIZE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = model_cls(config)
+        model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

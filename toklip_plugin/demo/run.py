@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,8 +249,15 @@ def _print_report(out: Path, results: dict, chance: float) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["unified"]:  # toklip-demo unified: needs LLaVA, so imported only when asked for
+        from .unified import main as unified_main
+
+        return unified_main(argv[1:])
     parser = argparse.ArgumentParser(prog="toklip-demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="toklip-demo unified [--quick] [--out DIR] [--threads N]: the unified "
+                                            "LLaVA-Qwen2 that reads and draws the shapes (toklip-demo unified --help)")
     parser.add_argument("--out", default="toklip-demo-out", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a smaller setting (two or three minutes), for CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, teacher and VQ; the first student seed")

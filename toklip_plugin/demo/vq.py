@@ -8,7 +8,10 @@ students read it through ``model.vq_checkpoint`` exactly as they would read ``vq
 - :func:`patch_statistics_vq` sets the encoder so that each 16x16 patch's latent holds its mean
   colour and its top/bottom, left/right and diagonal luminance contrasts;
 - :func:`fit_codebook` places the codebook on the data by spherical k-means (what VQ training
-  would learn for an l2-normalised codebook).
+  would learn for an l2-normalised codebook);
+- :func:`fit_decoder` (``toklip-demo unified``, which draws images) trains the decoder to reconstruct
+  the images from their quantised latents with the encoder and codebook frozen (VQ training's MSE term).
+  Plain ``toklip-demo`` never decodes and leaves the decoder random.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from .. import TokLIPConfig
 from ..models.vq import VQModel
 
-__all__ = ["build_demo_vq", "patch_statistics_vq", "fit_codebook", "vq_latents"]
+__all__ = ["build_demo_vq", "fit_codebook", "fit_decoder", "patch_statistics_vq", "vq_latents"]
 
 RGB = range(3)
 NUM_FEATURES = 6  # mean R, G, B; vertical, horizontal and diagonal contrast
@@ -118,3 +121,35 @@ def fit_codebook(vq: VQModel, latents: torch.Tensor, iters: int = 15, seed: int 
         counts = torch.bincount(assign, minlength=k)[:, None]
         centers = torch.where(counts > 0, F.normalize(sums, dim=-1), centers)
     vq.quantize.embedding.weight.copy_(centers)
+
+
+def fit_decoder(vq: VQModel, images: torch.Tensor, steps: int, batch_size: int = 4, lr: float = 3e-3,
+                seed: int = 0, max_images: int = 500) -> list[float]:
+    """Train ``post_quant_conv`` and the decoder on the MSE between ``decode(quantize(encode(x)))`` and ``x`` for
+    random batches of the first ``max_images`` of ``images`` ``[n, 3, S, S]`` (AdamW, one-cycle schedule, bf16
+    autocast); the encoder and codebook stay frozen. Returns the loss per step.
+
+    Whole images, not crops: the decoder's GroupNorms normalise over the whole grid, so a decoder fitted on
+    crops decodes whole images with the wrong statistics.
+    """
+    with torch.no_grad():
+        quantised = torch.cat([vq.encode(chunk)[0] for chunk in images[:max_images].split(64)])
+    parts = [vq.post_quant_conv, vq.decoder]
+    for part in parts:
+        part.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW([p for part in parts for p in part.parameters()], lr=lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(len(quantised), (batch_size,), generator=generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.mse_loss(vq.decode(quantised[idx]).float(), images[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(loss.item())
+    for part in parts:
+        part.requires_grad_(False).eval()
+    return losses

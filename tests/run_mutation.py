@@ -35,15 +35,17 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                     ["tests/unit/test_checkpoints.py", "tests/unit/test_vq.py", "tests/unit/test_hub.py",
                      "tests/unit/test_save_pretrained_crash.py", "tests/unit/test_random_weights_warning.py",
                      "tests/unit/test_official_checkpoints.py", "tests/unit/test_openclip_encoder.py",
-                     "tests/unit/test_issue12_mutants.py"]),
+                     "tests/unit/test_issue12_mutants.py", "tests/unit/test_checkpoints_mutants.py"]),
     "models": (["toklip_plugin/models/token_encoder.py", "toklip_plugin/models/toklip.py",
                 "toklip_plugin/models/vq.py", "toklip_plugin/models/text.py"],
                ["tests/unit/test_token_encoder.py", "tests/unit/test_vq.py", "tests/unit/test_api.py",
                 "tests/unit/test_openclip_encoder.py", "tests/unit/test_models_mutants.py"]),
     "llava_tower": (["toklip_plugin/integrations/llava/tower.py"],
-                    ["tests/integration/test_llava_tower.py", "tests/integration/test_llava_vq16_tower.py"]),
+                    ["tests/integration/test_llava_tower.py", "tests/integration/test_llava_vq16_tower.py",
+                     "tests/integration/test_llava_tower_mutants.py"]),
     "lmms_eval": (["toklip_plugin/integrations/lmms_eval/model.py"],
-                  ["tests/integration/test_lmms_eval.py", "-k", "not command_runs"]),
+                  ["tests/integration/test_lmms_eval.py", "tests/integration/test_lmms_eval_mutants.py",
+                   "-k", "not command_runs"]),
     # issue 12's modules (issue 15, item 3); the 35 s toklip-l CLI test and the slow W&B / import tests are left out
     "hub": (["toklip_plugin/hub.py", "toklip_plugin/model_card.py"],
             ["tests/unit/test_hub.py", "tests/unit/test_checkpoints.py", "tests/unit/test_random_weights_warning.py",
@@ -53,16 +55,29 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                      "tests/unit/test_issue12_mutants.py", "-k", "not defaults_to_released_toklip_l"]),
     "experiment_logs": (["toklip_plugin/train/metric_log.py"],
                         ["tests/unit/test_metric_log.py", "tests/unit/test_experiment_logs.py",
-                         "tests/unit/test_issue12_mutants.py"]),
+                         "tests/unit/test_issue12_mutants.py", "tests/unit/test_experiment_logs_mutants.py"]),
     "open_clip": (["toklip_plugin/open_clip_api.py", "toklip_plugin/integrations/open_clip/registry.py",
                    "toklip_plugin/integrations/open_clip/trunk.py"],
                   ["tests/unit/test_open_clip_api.py", "tests/integration/test_open_clip_registration.py",
-                   "tests/unit/test_issue12_mutants.py", "-m", "not slow"]),
+                   "tests/unit/test_issue12_mutants.py", "tests/unit/test_open_clip_mutants.py", "-m", "not slow"]),
     # the multi-process cache builds (slow) are left out
     "train_data": (["toklip_plugin/train/data.py", "toklip_plugin/train/cache_file.py"],
                    ["tests/unit/test_train_data.py", "tests/unit/test_train_cache_file.py",
                     "tests/integration/test_train_code_cache.py", "tests/unit/test_train_data_mutants.py",
                     "-m", "not slow"]),
+    # issue 14's modules (issue 15, item 3): the core generation pieces against the fused GPT's tests, and the
+    # unified LLaVA without its slow sampling / training tests (the subprocess training run is left out)
+    "fusion": (["toklip_plugin/models/fusion.py", "toklip_plugin/models/cached_encoder.py",
+                "toklip_plugin/models/sampling.py"],
+               ["tests/integration/test_llamagen_contract.py",
+                ("tests/integration/test_openclip_teacher.py::test_incremental_steps_of_a_class_token_encoder_with_"
+                 "norm_pre_equal_its_full_forward"), "tests/unit/test_fusion_mutants.py", "-k",
+                "not toklip_vq and not fullgraph"]),
+    "unified": (["toklip_plugin/integrations/llava/unified.py", "toklip_plugin/integrations/llava/image_generation.py",
+                 "toklip_plugin/integrations/llava/unified_template.py",
+                 "toklip_plugin/integrations/llava/unified_base.py"],
+                ["tests/integration/test_llava_unified.py", "tests/integration/test_llava_unified_data.py",
+                 "tests/integration/test_llava_unified_mutants.py", "-m", "not slow"]),
 }
 # groups that test only some of their files' mutants (mutmut's name patterns); the others stay "not checked"
 ONLY: dict[str, list[str]] = {"losses_ranks": ["toklip_plugin.train.losses.x\u01c1TokLIPLoss\u01c1__init____mutmut_*"]}

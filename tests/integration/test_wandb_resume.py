@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wandb.proto import wandb_internal_pb2
-from wandb.sdk.internal.datastore import DataStore
+from helpers.wandb_records import offline_runs
 
 from toklip_plugin.demo.synthetic import make_samples, write_csv
 from toklip_plugin.progress import INTERVAL_ENV
@@ -28,29 +27,12 @@ def _train(data: Path, out: Path, steps: int, home: Path) -> subprocess.Complete
     return done
 
 
-def _offline_runs(out: Path) -> list[dict]:
-    """W&B's own record of each offline run under ``out``: folder name, run id, display name, logged steps."""
-    runs = []
-    for folder in sorted((out / "wandb").glob("offline-run-*")):
-        store, found = DataStore(), {"folder": folder.name, "steps": []}
-        store.open_for_scan(str(next(folder.glob("run-*.wandb"))))
-        while (data := store.scan_data()) is not None:
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(data)
-            if record.WhichOneof("record_type") == "run":
-                found.update(id=record.run.run_id, name=record.run.display_name)
-            elif record.WhichOneof("record_type") == "history":
-                found["steps"] += [int(i.value_json) for i in record.history.item if list(i.nested_key) == ["_step"]]
-        runs.append(found)
-    return runs
-
-
 @pytest.mark.slow
 def test_a_resumed_run_logs_under_the_same_wandb_run_and_a_new_directory_gets_a_new_one(tmp_path):
     data = write_csv(make_samples(16, seed=0), tmp_path / "data")
     first = _train(data, tmp_path / "run", 2, tmp_path)  # stopped at step 2 (its last checkpoint)
     resumed = _train(data, tmp_path / "run", 4, tmp_path)  # the same command, run on to step 4
-    runs = _offline_runs(tmp_path / "run")
+    runs = offline_runs(tmp_path / "run")
     assert len(runs) == 2
     run_id = runs[0]["id"]
     assert [r["id"] for r in runs] == [run_id, run_id] and all(r["folder"].endswith(f"-{run_id}") for r in runs)
@@ -59,7 +41,7 @@ def test_a_resumed_run_logs_under_the_same_wandb_run_and_a_new_directory_gets_a_
     assert (tmp_path / "run" / WANDB_ID_FILE).read_text().strip() == run_id
 
     _train(data, tmp_path / "other", 2, tmp_path)
-    (other,) = _offline_runs(tmp_path / "other")
+    (other,) = offline_runs(tmp_path / "other")
     assert other["id"] != run_id
 
     for process, bar, steps in ((first, "tiny-wandb (train)", 2), (resumed, "tiny-wandb (resumed)", 4)):

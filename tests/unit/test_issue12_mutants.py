@@ -406,6 +406,17 @@ def _weight_args(model: str, checkpoint=None, random_weights=False) -> argparse.
     return parser.parse_args(argv)
 
 
+def test_the_weight_options_help_states_the_checkpoint_default_and_what_random_weights_do():
+    """What ``--help`` must say (its wording is free): the default of ``--checkpoint``, and that
+    ``--random-weights`` means random weights."""
+    parser = argparse.ArgumentParser()
+    weight_options.add_weight_options(parser)
+    text = " ".join(parser.format_help().split())
+    checkpoint_help = re.search(r"--checkpoint CHECKPOINT ?(.*) --random-weights ?(.*)$", text)
+    assert "(default: " in checkpoint_help.group(1) and "'released'" in checkpoint_help.group(1)
+    assert "random" in checkpoint_help.group(2).lower()
+
+
 def test_the_weight_options_messages_say_what_to_pass(capsys, tmp_path, tiny_model):
     with pytest.raises(ValueError) as err:
         weight_options.checkpoint_to_load(_weight_args("toklip-tiny", "w.pt", True), "toklip")

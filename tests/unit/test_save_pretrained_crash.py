@@ -118,15 +118,16 @@ def test_a_staging_directory_left_by_an_earlier_crash_is_removed(tmp_path, old_a
     assert _files(tmp_path / "run") == references["new"]
 
 
-def test_the_saved_directory_and_files_honour_the_umask(tmp_path, tiny_model):
-    previous = os.umask(0o027)
+@pytest.mark.parametrize("umask, directory_mode, file_mode", [(0o027, 0o750, 0o640), (0o022, 0o755, 0o644)])
+def test_the_saved_directory_and_files_honour_the_umask(tmp_path, tiny_model, umask, directory_mode, file_mode):
+    previous = os.umask(umask)
     try:
         tiny_model.save_pretrained(tmp_path / "run")
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o750  # not mkdtemp's 0700
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == directory_mode  # not mkdtemp's 0700
     for name in ("config.json", "model.safetensors"):
-        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o640
+        assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == file_mode
 
 
 def test_other_files_in_the_directory_survive_a_save(tmp_path, old_and_new):

@@ -247,7 +247,8 @@ def _records(file: Path) -> torch.Tensor:
     with safe_open(str(file), "pt") as f:
         if RECORD_KEY in f.keys():
             return f.get_tensor(RECORD_KEY).long()
-        return torch.arange(f.get_slice(f.keys()[0]).get_shape()[0]) if f.keys() else torch.zeros(0, dtype=torch.long)
+        shape = f.get_slice(f.keys()[0]).get_shape() if f.keys() else []
+        return torch.arange(shape[0] if shape else 0)  # no tensors, or a scalar: refused when the chunk is read
 
 
 def _check_unique(sorted_records: torch.Tensor, files: list[Path]) -> None:

@@ -7,9 +7,18 @@ repository's ``[tool.mutmut]`` settings plus the group's files (``only_mutate``)
 retests only the functions that changed. Survivors and why they are left: tests/MUTATION.md.
 
     python tests/run_mutation.py [GROUP ...]      # default: every group, in the order below
+    python tests/run_mutation.py --by-hand GROUP [PATTERN ...]   # recheck mutants one fresh process each
+
+``--by-hand`` reruns the named mutants of a group's last run (``fnmatch`` patterns over mutmut's names, default:
+its survivors) against the group's current tests (the mutated code is the last run's: rerun the group after
+changing the package), each in a fresh ``python -m pytest`` with mutmut's switch
+(``MUTANT_UNDER_TEST``) set, and prints killed / survived / timeout per mutant. Use it after adding tests, for
+tests that run the package in a subprocess (mutmut's coverage never maps those), and for ``lmms_eval``, whose
+tests fail in mutmut's forked children (tests/MUTATION.md, fourth round).
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -114,7 +123,46 @@ def run(group: str) -> int:
     return code
 
 
+def recorded_mutants(root: Path) -> dict[str, int]:
+    """Mutant name -> exit code of its test run in the group's last mutmut run (0: survived)."""
+    codes: dict[str, int] = {}
+    for meta in (root / "mutants").rglob("*.meta"):
+        codes.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return codes
+
+
+def by_hand(group: str, patterns: list[str], timeout: float = 600) -> int:
+    """Each selected mutant against the group's tests in a fresh process; returns the number that survived."""
+    root = prepare(group)
+    shutil.rmtree(root / "mutants" / "tests", ignore_errors=True)  # the mutated package stays as the last run left it
+    shutil.copytree(REPO / "tests", root / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    recorded = recorded_mutants(root)
+    names = sorted(n for n, code in recorded.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+                   or (not patterns and code == 0))
+    if not names:
+        raise SystemExit(f"{group}: no recorded mutant matches {patterns or 'survived'}; run the group first")
+    survived = 0
+    for name in names:
+        env = {**os.environ, "MUTANT_UNDER_TEST": name, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *GROUPS[group][1]]
+        try:
+            code = subprocess.call(command, cwd=root / "mutants", env=env, timeout=timeout,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            verdict = "survived" if code == 0 else "killed" if code == 1 else f"error (pytest exit {code})"
+        except subprocess.TimeoutExpired:
+            verdict = "timeout (killed)"
+        survived += verdict == "survived"
+        print(f"{name}: {verdict}", flush=True)
+    print(f"{group}: {survived} of {len(names)} survived")
+    return survived
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--by-hand"]:
+        if len(argv) < 2 or argv[1] not in GROUPS:
+            raise SystemExit(f"usage: run_mutation.py --by-hand GROUP [PATTERN ...]; groups: {', '.join(GROUPS)}")
+        return min(by_hand(argv[1], argv[2:]), 1)
     unknown = [g for g in argv if g not in GROUPS]
     if unknown:
         raise SystemExit(f"unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")

@@ -28,6 +28,7 @@ from test_train_data import _numbered_rows, _row_ids  # rows numbered by their c
 
 from toklip_plugin.demo.synthetic import make_samples, write_csv, write_shards
 from toklip_plugin.factory import create_vq, get_tokenizer
+from toklip_plugin.resources import data_dir
 from toklip_plugin.train import data as data_module
 from toklip_plugin.train.cache_file import (
     FORMAT_VERSION,
@@ -40,7 +41,6 @@ from toklip_plugin.train.cache_file import (
     read_cache_identity,
     read_code_cache,
 )
-from toklip_plugin.resources import data_dir
 from toklip_plugin.train.config import DataSection, load_train_config
 from toklip_plugin.train.data import (
     SampleDecoder,

@@ -594,6 +594,24 @@ def test_generate_image_draws_with_its_settings_and_decodes_through_the_tower(sm
         generate_image(model, tokenizer, CAPTIONS, max_batch_size=3)
 
 
+def test_generate_image_guides_with_scale_4_unless_told_otherwise(small, monkeypatch):
+    """The documented default (configs/llava/README.md, toklip-generate's --cfg-scale): LlamaGen's scale 4.0. A spy
+    on the sampler, since on a tiny random model the draws at scale 4 and 5 coincide."""
+    from toklip_plugin.integrations.llava import image_generation
+
+    seen, real = [], image_generation.sample_image_codes
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["cfg_scale"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(image_generation, "sample_image_codes", recording)
+    model, tokenizer = small
+    image_generation.generate_image(model, tokenizer, CAPTIONS[:1], top_k=1)
+    image_generation.generate_image(model, tokenizer, CAPTIONS[:1], cfg_scale=None, top_k=1)
+    assert seen == [4.0, None]
+
+
 def test_decoding_without_the_vq_decoder_says_how_to_reopen_the_model(small):
     from toklip_plugin.integrations.llava.image_generation import decode_image_codes
 

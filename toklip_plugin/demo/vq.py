@@ -10,7 +10,8 @@ students read it through ``model.vq_checkpoint`` exactly as they would read ``vq
 - :func:`fit_codebook` places the codebook on the data by spherical k-means (what VQ training
   would learn for an l2-normalised codebook);
 - :func:`fit_decoder` (``toklip-demo unified``, which draws images) trains the decoder to reconstruct
-  the images from their quantised latents with the encoder and codebook frozen (VQ training's MSE term).
+  the images from their quantised latents with the encoder and codebook frozen (VQ training's MSE term),
+  ``post_quant_conv`` first set to read the codebook standardised (:func:`standardise_post_quant_conv`).
   Plain ``toklip-demo`` never decodes and leaves the decoder random.
 """
 from __future__ import annotations
@@ -18,13 +19,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .. import TokLIPConfig
 from ..models.vq import VQModel
 
-__all__ = ["build_demo_vq", "fit_codebook", "fit_decoder", "patch_statistics_vq", "vq_latents"]
+__all__ = ["build_demo_vq", "fit_codebook", "fit_decoder", "patch_statistics_vq", "standardise_post_quant_conv",
+           "vq_latents"]
 
 RGB = range(3)
 NUM_FEATURES = 6  # mean R, G, B; vertical, horizontal and diagonal contrast
@@ -127,13 +129,15 @@ def fit_decoder(vq: VQModel, images: torch.Tensor, steps: int, batch_size: int =
                 seed: int = 0, max_images: int = 500) -> list[float]:
     """Train ``post_quant_conv`` and the decoder on the MSE between ``decode(quantize(encode(x)))`` and ``x`` for
     random batches of the first ``max_images`` of ``images`` ``[n, 3, S, S]`` (AdamW, one-cycle schedule, bf16
-    autocast); the encoder and codebook stay frozen. Returns the loss per step.
+    autocast), starting from :func:`standardise_post_quant_conv`; the encoder and codebook stay frozen.
+    Returns the loss per step.
 
     Whole images, not crops: the decoder's GroupNorms normalise over the whole grid, so a decoder fitted on
     crops decodes whole images with the wrong statistics.
     """
     with torch.no_grad():
         quantised = torch.cat([vq.encode(chunk)[0] for chunk in images[:max_images].split(64)])
+    standardise_post_quant_conv(vq, seed)
     parts = [vq.post_quant_conv, vq.decoder]
     for part in parts:
         part.requires_grad_(True).train()
@@ -153,3 +157,23 @@ def fit_decoder(vq: VQModel, images: torch.Tensor, steps: int, batch_size: int =
     for part in parts:
         part.requires_grad_(False).eval()
     return losses
+
+
+@torch.no_grad()
+def standardise_post_quant_conv(vq: VQModel, seed: int = 0, eps: float = 1e-3) -> None:
+    """Re-initialise ``post_quant_conv`` (seeded) to read the codebook standardised per channel.
+
+    The code vectors are l2-normalised and share the constant channel, so they differ by only 0.1-0.3 per
+    channel around one common direction: at a plain random initialisation ``post_quant_conv`` passes the
+    decoder almost the same input for every code, and a short fit barely beats the mean image. Dividing each
+    channel by its standard deviation over the codebook's rows and removing its mean gives the decoder
+    order-one, code-dependent inputs from the first step.
+    """
+    codebook = vq.quantize.codebook()
+    mean, std = codebook.mean(0), codebook.std(0)
+    conv = vq.post_quant_conv
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(conv.in_channels)  # nn.Conv2d's default range for a 1x1 kernel
+    weight = (2 * torch.rand(conv.out_channels, conv.in_channels, generator=generator) - 1) * bound / (std + eps)
+    conv.weight.copy_(weight[:, :, None, None])
+    conv.bias.copy_(-weight @ mean)

@@ -13,7 +13,8 @@ from torchvision import transforms as T
 
 from .io import check_aspect_ratio
 
-__all__ = ["image_transform", "train_transform", "check_image_batch", "IMAGE_MEAN", "IMAGE_STD", "TRAIN_CROP_SCALE"]
+__all__ = ["image_transform", "train_transform", "check_image_batch", "to_uint8_images", "IMAGE_MEAN", "IMAGE_STD",
+           "TRAIN_CROP_SCALE"]
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -71,3 +72,10 @@ def check_image_batch(images: torch.Tensor, image_size: int) -> None:
     if images.shape[1] != 3 or images.shape[2] != image_size or images.shape[3] != image_size:
         raise ValueError(f"expected images of shape {expected}, got {tuple(images.shape)}; "
                          f"resize / convert to RGB with toklip_plugin.image_transform({image_size})")
+
+
+def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
+    """Decoded images ``[B, 3, S, S]`` in about [-1, 1] -> ``[B, S, S, 3]`` uint8 (clamped, rounded to nearest):
+    the inverse of the preprocessing above, for writing what the VQ decoder draws."""
+    unit = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

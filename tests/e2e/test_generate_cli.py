@@ -181,7 +181,7 @@ def test_an_unpatched_llava_is_named_with_the_patch_command(checkpoint, tmp_path
 
 
 def test_uint8_conversion_maps_the_vq_range_onto_0_to_255_and_clamps_outside_it():
-    from toklip_plugin.integrations.llava.generate_cli import to_uint8_images
+    from toklip_plugin.transforms import to_uint8_images
 
     values = torch.tensor([-1.5, -1.0, -0.999, 0.0, 0.5, 1.0, 1.2])
     images = values.view(1, 1, 1, -1).expand(1, 3, 1, -1)

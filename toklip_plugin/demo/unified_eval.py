@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from ..evaluation.metrics import zero_shot_accuracy
 from ..models.teacher import SigLIPTeacher
+from ..transforms import to_uint8_images
 from .synthetic import COLORS, SHAPES, class_names
 
 __all__ = ["DEFINITIONS", "QUESTION", "answer_for", "answer_scores", "generated_accuracy", "image_grid",
@@ -74,7 +75,7 @@ def image_grid(images: torch.Tensor, captions: Sequence[str], cols: int) -> Imag
     rows, size = len(images) // cols, images.shape[-1]
     if rows * cols != len(images) or len(captions) != len(images):
         raise ValueError(f"{len(images)} images / {len(captions)} captions do not fill {cols} columns")
-    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = to_uint8_images(images).numpy()
     grid = Image.new("RGB", (cols * size, rows * (size + LABEL_HEIGHT)), "white")
     draw = ImageDraw.Draw(grid)
     for i, (tile, caption) in enumerate(zip(pixels, captions)):

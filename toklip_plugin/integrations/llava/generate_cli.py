@@ -23,17 +23,12 @@ import torch
 from ...io import atomic_path, atomic_torch_save
 from ...precision import parse_dtype
 from ...progress import ProgressBar
+from ...transforms import to_uint8_images
 
-__all__ = ["main", "build_parser", "to_uint8_images", "check_unified_checkpoint", "output_paths", "draw"]
+__all__ = ["main", "build_parser", "check_unified_checkpoint", "output_paths", "draw"]
 
 PROG = "toklip-generate"
 TRAIN_HINT = "train one with configs/llava/unified.sh (configs/llava/README.md, 'The unified model')"
-
-
-def to_uint8_images(images: torch.Tensor) -> torch.Tensor:
-    """Decoded images ``[B, 3, S, S]`` in about [-1, 1] -> ``[B, S, S, 3]`` uint8 (clamped, rounded to nearest)."""
-    unit = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    return (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def check_unified_checkpoint(model_dir: Path) -> None:

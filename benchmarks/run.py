@@ -23,15 +23,15 @@ import platform
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
 from benchmarks import encode, flops, generate, llava_tower, resume, train_step, unified_generate
 from benchmarks.common import print_table
+from toklip_plugin.threads import torch_threads
 
 # what each workload runs: encode / llava / flops (model, batch), train (model, batch or None for
 # train_step's default), generate (setup, tokens), resume (step resumed at, batch), unified (shape, codes, rounds:
@@ -109,20 +109,8 @@ def train_rows(name: str, batch: Optional[int], steps: int, device: str) -> list
     ]
 
 
-@contextmanager
-def one_thread_on_cpu(device: str) -> Iterator[None]:
-    """Sampling benchmarks run one torch thread on a CPU: per-token matmuls gain little from threads (generate.py)."""
-    threads = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str, dtype: torch.dtype) -> list[Row]:
-    with one_thread_on_cpu(device):
+    with torch_threads(1 if device == "cpu" else None):  # per-token matmuls gain little from threads
         r = generate.bench(generate.SETUPS[setup], tokens, 1, steps, repeats, device, dtype)
     label = f"sample {generate.SETUPS[setup].name} {tokens} tok"
     return [Row(label, "fused + KV-cached encoder", "plain LlamaGen", r["cached"], r["plain"], "codes/s"),
@@ -130,7 +118,7 @@ def generate_rows(setup: str, tokens: int, steps: int, repeats: int, device: str
 
 
 def unified_rows(shape: str, codes: int, rounds: int, device: str, dtype: torch.dtype) -> list[Row]:
-    with one_thread_on_cpu(device):
+    with torch_threads(1 if device == "cpu" else None):  # per-token matmuls gain little from threads
         r = unified_generate.bench(unified_generate.SHAPES[shape], codes, rounds, device, dtype)
     label = f"unified {unified_generate.SHAPES[shape].name} {codes} codes"
     return [Row(label, "TokLIP feedback, KV-cached encoder", "re-encode the prefix", r["cached"], r["reencode"],

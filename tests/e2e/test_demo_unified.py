@@ -46,6 +46,23 @@ def test_results_hold_both_accuracies_as_fractions_and_the_chance_of_twenty_clas
     assert results["understanding_accuracy"] == results["understanding"]["class"]
 
 
+def test_the_quick_run_learns_to_name_the_colour_of_held_out_images(demo):
+    """Colour is in every code (the demo VQ's patch means): the quick setting's 60 LLaVA steps name it for most
+    held-out images (chance 1/5). An understanding path that carries no image signal (e.g. an untrained tower,
+    whose output barely varies across images) stays near chance here, and so does one fed the wrong image."""
+    _, results = demo
+    assert results["understanding"]["colour"] >= 0.6, results["understanding"]
+    assert results["understanding_accuracy"] > 2 * results["chance"], results["understanding"]
+
+
+def test_the_tower_is_a_trained_toklip_student_whose_held_out_scores_are_recorded(demo):
+    out, results = demo
+    assert Path(results["tower"]) == out / "student" / "export" / "toklip"
+    assert (out / "student" / "checkpoints").is_dir()  # toklip-train's own run folder
+    assert set(results["tower_heldout"]) == {"zeroshot_top1", "t2i_r1", "i2t_r1"}
+    assert results["tower_heldout"]["zeroshot_top1"] > results["chance"]
+
+
 def test_grid_png_holds_rows_by_cols_images_of_the_tower_size_with_caption_bands(demo):
     out, _ = demo
     quick = UnifiedSettings.quick()
@@ -75,7 +92,7 @@ def test_generation_accuracy_recomputed_from_the_saved_codes_equals_the_reported
     assert codes.shape == (quick.test_size, 64) and labels.tolist() == [s.label for s in samples]
     config = load_train_config("toklip-tiny", [f"teacher.checkpoint={out / 'teacher.safetensors'}"])
     teacher = build_teacher(config.teacher, config.model_config())
-    tower = tp.load_toklip(out / "tower")
+    tower = tp.load_toklip(results["tower"])
     images = tower.vq.decode_code(codes.reshape(-1), (len(codes), 8, 8, 8)).clamp(-1, 1)
     image_emb = torch.nn.functional.normalize(teacher.encode_image(images), dim=-1)
     prompts = tp.get_tokenizer("toklip-tiny")([class_prompt(name) for name in class_names()])

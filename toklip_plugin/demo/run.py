@@ -18,14 +18,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -35,6 +34,7 @@ from ..evaluation.features import plot_tsne
 from ..evaluation.heldout import EVAL_CACHE_KEYS, embedding_metrics
 from ..models.teacher import SigLIPTeacher
 from ..models.vq import VQModel
+from ..threads import torch_threads
 from ..train import Trainer, TrainConfig, build_code_cache, load_train_config
 from . import report
 from .synthetic import Sample, class_names, class_prompt, make_samples, write_shards
@@ -270,19 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    with _torch_threads(args.threads or torch.get_num_threads()):
+    with torch_threads(args.threads):
         run_demo(Path(args.out), dataclasses.replace(settings, seed=args.seed, seeds=args.seeds))
-
-
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    """Run with ``count`` intra-op threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 if __name__ == "__main__":

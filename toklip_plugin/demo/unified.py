@@ -5,9 +5,12 @@ The issue-14 model end to end on a CPU, with no downloads, through LLaVA's own `
 
 1. The demo's data (:mod:`.synthetic`), its pixel teacher (:mod:`.teacher`) and its hand-set VQ
    (:mod:`.vq`), whose decoder is fitted here (:func:`.vq.fit_decoder`) so that codes decode to pixels.
-2. The tower: ``toklip-tiny`` with that VQ and its token encoder initialised from the teacher
-   (``toklip-train``'s own student builder, untrained), saved with ``save_pretrained`` and passed to
-   LLaVA as ``--vision_tower toklip:DIR``.
+2. The tower: a ``toklip-tiny`` TokLIP trained as ``toklip-demo`` trains its students (the training
+   split as webdataset shards, ``toklip-train --build-cache``, the Trainer with the paper's objective,
+   encoder initialised from the teacher), exported with ``save_pretrained`` and passed to LLaVA as
+   ``--vision_tower toklip:DIR``. Trained, not merely initialised: behind an untrained code MLP the
+   encoder's output varies across images by about 3% of its spread (the rest is position), and the
+   LLM then learns neither direction (both accuracies at chance).
 3. The LLM: a random tiny Qwen2 with a BPE tokenizer trained on the captions (:mod:`.tiny_llm`),
    converted to a unified base (:mod:`toklip_plugin.integrations.llava.unified_base`).
 4. One training run of LLaVA's ``train()`` (``--version qwen_2_unified``) on LLaVA-format JSON of
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,14 +39,14 @@ from safetensors.torch import save_file
 from .. import get_tokenizer
 from ..integrations.llava.loading import require_patched_llava
 from ..models.teacher import SigLIPTeacher
+from ..threads import torch_threads
 from ..train import load_train_config
-from ..train.student import build_student
 from . import unified_eval as scoring
-from .run import OBJECTIVE, TRAIN_CONFIG, Split, _torch_threads, make_splits
-from .synthetic import Sample, class_names, class_prompt, make_samples
-from .teacher import train_teacher
+from .run import (OBJECTIVE, TRAIN_CONFIG, DemoSettings, Split, build_frozen_parts,
+                  cache_from_shards, make_splits, train_student, write_eval_cache)
+from .synthetic import Sample, class_names, class_prompt, make_samples, write_shards
 from .tiny_llm import build_tiny_qwen2
-from .vq import build_demo_vq, fit_decoder
+from .vq import fit_decoder
 
 __all__ = ["UnifiedSettings", "main", "run_unified"]
 
@@ -56,7 +60,8 @@ class UnifiedSettings:
     train_size: int = 1500
     test_size: int = 200  # held-out images (understanding) and their captions (generation)
     teacher_steps: int = 1200
-    decoder_steps: int = 250
+    decoder_steps: int = 150
+    student_steps: int = 300  # the tower: toklip-train on the code cache (batch 64)
     llava_steps: int = 400
     batch_size: int = 16  # LLaVA's per-device batch (mixed understanding and generation samples)
     learning_rate: float = 2e-3
@@ -67,27 +72,36 @@ class UnifiedSettings:
 
     @classmethod
     def quick(cls) -> "UnifiedSettings":
-        return cls(train_size=400, test_size=40, teacher_steps=300, decoder_steps=100, llava_steps=60, grid_rows=2)
+        return cls(train_size=400, test_size=40, teacher_steps=300, decoder_steps=100, student_steps=100,
+                   llava_steps=60, grid_rows=2)
 
 
-def train_tower(out: Path, settings: UnifiedSettings, train: Split) -> tuple[SigLIPTeacher, Path, list[float]]:
-    """Teacher, VQ (hand-set encoder, fitted decoder) and the tower's TokLIP saved as ``out/tower``; returns the
-    teacher, the tower folder and the decoder-fit losses."""
+def train_tower(out: Path, settings: UnifiedSettings, samples: Sequence[Sample], train: Split, test: Split,
+                class_text: torch.Tensor) -> tuple[SigLIPTeacher, Path, dict]:
+    """The frozen parts and the tower, as ``toklip-demo`` makes them (:mod:`.run`): teacher and VQ (its decoder
+    fitted here so that codes decode to pixels), the training split as webdataset shards, the code cache, and one
+    TokLIP student trained by ``toklip-train``'s Trainer, exported under ``out/student/export/toklip``.
+
+    Returns the teacher, the tower folder and what ``results.json`` records of the tower (its held-out zero-shot
+    top-1 and retrieval R@1, scored by the trainer's evaluation hook) and of the decoder fit."""
+    demo = DemoSettings(train_size=settings.train_size, test_size=settings.test_size,
+                        teacher_steps=settings.teacher_steps, student_steps=settings.student_steps, seed=settings.seed,
+                        seeds=1)
     config = load_train_config(TRAIN_CONFIG, OBJECTIVE)
-    model_config = config.model_config()
-    teacher, _ = train_teacher(config.teacher.timm_kwargs, model_config, train.images, train.text,
-                               settings.teacher_steps, 64, settings.seed)
-    vq = build_demo_vq(model_config, train.images, settings.seed)
+    frozen, teacher, vq, _ = build_frozen_parts(out, demo, config, train)
     print(f"[unified] fitting the VQ decoder ({settings.decoder_steps} steps)")
     decoder_losses = fit_decoder(vq, train.images, settings.decoder_steps, seed=settings.seed)
-    paths = {"teacher": out / "teacher.safetensors", "vq": out / "vq.safetensors"}
-    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(paths["teacher"]))
-    save_file(vq.state_dict(), str(paths["vq"]))
-    student_config = load_train_config(TRAIN_CONFIG, [f"teacher.checkpoint={paths['teacher']}",
-                                                      f"model.vq_checkpoint={paths['vq']}", *OBJECTIVE])
-    tower = build_student(student_config, teacher)  # the teacher-initialised encoder, not trained further
-    tower.save_pretrained(out / "tower")
-    return teacher, out / "tower", decoder_losses
+    save_file(vq.state_dict(), str(frozen.vq))  # with its fitted decoder: the tower decodes what the model draws
+    write_eval_cache(frozen.eval_cache, vq, test, class_text)
+    shards = write_shards(samples[:settings.train_size], out / "data" / "shards", per_shard=demo.per_shard,
+                          prefix="train")
+    cache_from_shards(frozen, shards, frozen.train_cache)
+    print(f"[unified] training the tower: toklip-tiny on the code cache ({settings.student_steps} steps)")
+    shutil.rmtree(out / "student", ignore_errors=True)  # a rerun trains afresh instead of resuming
+    metrics, _ = train_student(frozen, out / "student", (), settings.seed, demo)
+    record = {"tower_heldout": metrics,
+              "decoder_fit": {"first_loss": decoder_losses[0], "last_loss": decoder_losses[-1]}}
+    return teacher, out / "student" / "export" / "toklip", record
 
 
 def llava_records(samples: Sequence[Sample], names: Sequence[str]) -> list[dict]:
@@ -217,7 +231,7 @@ def run_unified(out: Path, settings: UnifiedSettings) -> dict:
     samples = make_samples(settings.train_size + settings.test_size, settings.seed, config.image_size)
     train, test = make_splits(samples, settings.train_size, config)
     class_text = get_tokenizer(config)([class_prompt(name) for name in class_names()])
-    teacher, tower, decoder_losses = train_tower(out, settings, train)
+    teacher, tower, tower_record = train_tower(out, settings, samples, train, test, class_text)
     data = write_llava_data(out / "data", samples[:settings.train_size])
     checkpoint = out / "llava-unified-demo"
     _say(f"teacher, VQ and tower ready; LLaVA's train() for {settings.llava_steps} steps", start)
@@ -228,7 +242,7 @@ def run_unified(out: Path, settings: UnifiedSettings) -> dict:
     results = {"settings": dataclasses.asdict(settings), "chance": 1 / len(class_names()), **measured,
                "definitions": scoring.DEFINITIONS,
                "understanding_accuracy": measured["understanding"]["class"],
-               "decoder_fit": {"first_loss": decoder_losses[0], "last_loss": decoder_losses[-1]},
+               **tower_record,
                "checkpoint": str(checkpoint), "tower": str(tower),
                "grid": {"path": str(out / "generated_grid.png"), "rows": settings.grid_rows, "cols": settings.grid_cols,
                         "image_size": config.image_size, "label_height": scoring.LABEL_HEIGHT},
@@ -249,7 +263,9 @@ def format_table(results: dict) -> str:
             ("understanding: answer == class name, held-out images", u["class"]),
             ("  colour word right", u["colour"]), ("  shape word right", u["shape"]),
             ("reference: teacher on the real held-out images", results["teacher_on_real_images"]),
-            ("reference: teacher on their VQ reconstructions", results["teacher_on_vq_reconstructions"])]
+            ("reference: teacher on their VQ reconstructions", results["teacher_on_vq_reconstructions"]),
+            ("reference: the tower (TokLIP student) zero-shot on their codes",
+             results["tower_heldout"]["zeroshot_top1"])]
     lines = [f"{name:<78} {value:>6.1%}" for name, value in rows]
     lines.append(f"{'chance (20 classes; colour 1/5, shape 1/4)':<78} {results['chance']:>6.1%}")
     folder = Path(results["grid"]["path"]).parent
@@ -271,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     settings = UnifiedSettings.quick() if args.quick else UnifiedSettings()
     try:
-        with _torch_threads(args.threads or torch.get_num_threads()):
+        with torch_threads(args.threads):
             run_unified(Path(args.out), dataclasses.replace(settings, seed=args.seed))
     except RuntimeError as err:
         if "toklip-patch llava" not in str(err):

@@ -87,6 +87,9 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
                  "toklip_plugin/integrations/llava/unified_base.py"],
                 ["tests/integration/test_llava_unified.py", "tests/integration/test_llava_unified_data.py",
                  "tests/integration/test_llava_unified_mutants.py", "-m", "not slow"]),
+    # toklip-generate in-process (its subprocess and checkpoint-building tests are slow and left out)
+    "generate_cli": (["toklip_plugin/integrations/llava/generate_cli.py"],
+                     ["tests/e2e/test_generate_cli.py", "tests/e2e/test_generate_cli_mutants.py", "-m", "not slow"]),
 }
 # groups that test only some of their files' mutants (mutmut's name patterns); the others stay "not checked"
 ONLY: dict[str, list[str]] = {"losses_ranks": ["toklip_plugin.train.losses.x\u01c1TokLIPLoss\u01c1__init____mutmut_*"]}

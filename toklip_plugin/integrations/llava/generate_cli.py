@@ -25,7 +25,7 @@ from ...precision import parse_dtype
 from ...progress import ProgressBar
 from ...transforms import to_uint8_images
 
-__all__ = ["main", "build_parser", "check_unified_checkpoint", "output_paths", "draw"]
+__all__ = ["main", "build_parser", "check_device", "check_unified_checkpoint", "output_paths", "draw"]
 
 PROG = "toklip-generate"
 TRAIN_HINT = "train one with configs/llava/unified.sh (configs/llava/README.md, 'The unified model')"
@@ -51,6 +51,16 @@ def check_unified_checkpoint(model_dir: Path) -> None:
     if not LlavaQwen2UnifiedConfig.from_pretrained(model_dir).has_generation:
         raise ValueError(f"--model {model_dir} is a converted base without an image head yet (unified_base writes "
                          "it for stage 1): train it with configs/llava/unified_stage1.sh first")
+
+
+def check_device(device: str) -> None:
+    """Refuse, before loading anything, a device string torch does not parse or a CUDA device this machine lacks."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device torch knows; give cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device on this machine; use --device cpu")
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -110,6 +120,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], list[Path]]:
     """The prompts and their PNG paths, once the arguments and the checkpoint are known to be usable."""
     prompts = read_prompts(args)
     paths = output_paths(Path(args.output), len(prompts))
+    check_device(args.device)
     check_unified_checkpoint(Path(args.model))
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     if args.codes is not None and not Path(args.codes).parent.is_dir():

@@ -167,6 +167,16 @@ def test_stage1_freeze_backbone_trains_only_the_projector_and_the_generation_mod
     assert trainable == {"model.mm_projector", "image_head", "code_embed", "gen_fusion"}
 
 
+def test_llavas_own_tokenizer_setup_runs_before_the_generation_setup(qwen2_dir, tmp_path, restore_template):
+    """The unified ``initialize_vision_tokenizer`` extends LLaVA's: ``--mm_use_im_patch_token`` still adds LLaVA's
+    patch token to the tokenizer and the embeddings (one row more than without it), then BOI/EOI come after it."""
+    plain, _ = set_up(qwen2_dir, tmp_path / "plain", "qwen_2_unified")
+    patched, _ = set_up(qwen2_dir, tmp_path / "patched", "qwen_2_unified", mm_use_im_patch_token=True)
+    rows = plain.get_input_embeddings().num_embeddings
+    assert patched.get_input_embeddings().num_embeddings == rows + 1
+    assert patched.config.image_start_token_id == plain.config.image_start_token_id + 1
+
+
 @pytest.mark.parametrize("version, changes, message", [
     ("qwen_2_unified", {"tune_mm_mlp_adapter": True}, "mm_projector.bin alone .* --freeze_backbone True"),
     ("qwen_2", {}, r"--version qwen_2_unified \(.*\), not 'qwen'$"),  # names the template it was given

@@ -150,6 +150,28 @@ def test_without_a_tower_or_an_image_head_the_errors_say_what_to_run(qwen2_dir, 
         prompt_batch(model, tokenizer, CAPTIONS, cfg=False)
 
 
+def test_a_tower_not_loaded_or_not_toklip_is_refused_naming_what_to_do(small):
+    """``vision_toklip``: a tower not loaded yet gets the load advice; a loaded tower that is not TokLIP (LLaVA's
+    ``vq-16`` baseline tower) is named, since the unified model writes TokLIP's codes."""
+    from types import SimpleNamespace
+
+    from toklip_plugin.integrations.llava.tower import VQ16VisionTower
+
+    model, _ = small
+    inner, name = model.get_model(), "vq-16-32:/nowhere/vq.pt"
+    toklip_tower, vq16 = inner.vision_tower, VQ16VisionTower(name, SimpleNamespace(), delay_load=True)
+    try:
+        inner.vision_tower = vq16
+        with pytest.raises(RuntimeError, match="needs its vision tower loaded: run initialize_vision_modules"):
+            model.vision_toklip()
+        vq16.is_loaded = True  # as load_model leaves it; its weights are never read here
+        with pytest.raises(ValueError, match=rf"needs a TokLIP vision tower \(--vision_tower toklip-...\), not '{name}'$"):
+            model.vision_toklip()
+    finally:
+        inner.vision_tower = toklip_tower
+    assert model.vision_toklip() is toklip_tower.toklip
+
+
 # image codes --------------------------------------------------------------------------------------
 def test_image_codes_must_be_one_grid_per_image_in_the_codebook(small):
     model, _ = small

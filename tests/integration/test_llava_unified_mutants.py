@@ -761,3 +761,12 @@ def test_a_hub_id_base_is_read_from_the_hugging_face_cache(qwen2_dir, tmp_path, 
     weights = out / "model.safetensors"
     assert weights.resolve() == (snapshot / "model.safetensors").resolve()
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava_qwen2_unified"
+
+
+def test_write_unified_base_defaults_are_the_documented_ones_and_match_the_command(qwen2_dir, tmp_path):
+    """configs/llava/README.md: ``[--gen-weight 1.0] [--gen-prompt-dropout 0.1] [--gen-fusion concat]``; a Python
+    caller (the CPU demo) gets the same settings as the command."""
+    from toklip_plugin.integrations.llava.unified_base import write_unified_base
+
+    config = json.loads((write_unified_base(qwen2_dir, tmp_path / "out") / "config.json").read_text())
+    assert (config["gen_weight"], config["gen_prompt_dropout"], config["gen_fusion"]) == (1.0, 0.1, "concat")

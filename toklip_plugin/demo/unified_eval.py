@@ -17,6 +17,7 @@ from ..evaluation.metrics import zero_shot_accuracy
 from ..models.teacher import SigLIPTeacher
 from ..transforms import to_uint8_images
 from .synthetic import COLORS, SHAPES, class_names
+from .teacher import teacher_image_embeddings
 
 __all__ = ["DEFINITIONS", "QUESTION", "answer_for", "answer_scores", "generated_accuracy", "image_grid",
            "teacher_accuracy"]
@@ -43,7 +44,7 @@ def answer_for(label: int) -> str:
 def teacher_accuracy(teacher: SigLIPTeacher, class_text: torch.Tensor, images: torch.Tensor,
                      labels: torch.Tensor, batch_size: int = 128) -> float:
     """Zero-shot top-1 of the teacher on ``images`` ``[n, 3, S, S]`` (clamped to [-1, 1]) against ``class_text``."""
-    image_emb = torch.cat([teacher.encode_image(chunk.clamp(-1, 1)) for chunk in images.float().split(batch_size)])
+    image_emb = teacher_image_embeddings(teacher, images.float().clamp(-1, 1), batch_size)
     return zero_shot_accuracy(image_emb, teacher.encode_text(class_text), labels, topk=(1,))["top1"]
 
 
